@@ -1,0 +1,110 @@
+"""What every measure receives: the model, its initial weights, a fixed training sample, options, and a cache.
+
+Forward features, logits and weight matrices are computed once per model and shared by all measures. Measures
+never mutate the model: perturbations go through ``torch.func.functional_call`` with a parameter dict.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """Every choice the papers leave open, with its default and why. All of them are written into the output."""
+    n_samples: int = 512            # M, training images for data-dependent measures (SPEC default)
+    split: str = "train"            # Jiang et al. compute measures on training data
+    seed: int = 0                   # picks the sample and seeds every Monte-Carlo search
+    # SRR (paper-notes §2.4)
+    eps_sq: float = 0.5             # epsilon^2 of the coding rates (SPEC default)
+    l0: str = "raw"                 # raw count | per-token (divided by N) | per-entry (divided by N*d) | l1
+    aggregate: str = "mean"         # scalar SRR over layers: mean | last | sum
+    normalize_tokens: bool = False  # unit-normalise each token before the coding rates
+    # margin
+    margin_quantile: float = 0.1    # Jiang's 10th percentile
+    # PAC-Bayes sigma and sharpness alpha searches (measure-formulas §8.4-8.6)
+    target_drop: float = 0.1        # allowed training-accuracy drop
+    search_steps: int = 15          # bisection steps
+    search_tolerance: float = 0.01  # stop when |drop - target| < this
+    mc_samples: int = 10            # Monte-Carlo draws per sigma
+    ascent_steps: int = 10          # projected gradient-ascent steps of the worst-case sharpness search
+    magnitude_eps: float = 1e-3     # epsilon of the magnitude-aware perturbations
+    # adaptive sharpness (Andriushchenko et al.)
+    rho: float = 0.05               # perturbation radius (times |w| when adaptive)
+    m_sharpness: int = 128          # batch size m of m-sharpness
+
+    def __post_init__(self):
+        choices = {"split": ("train", "test"), "l0": ("raw", "per-token", "per-entry", "l1"),
+                   "aggregate": ("mean", "last", "sum")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"measure option {name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        if self.n_samples <= 0 or self.eps_sq <= 0:
+            raise ValueError("measure options n_samples and eps_sq must be positive")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MeasureOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown measure option(s) {', '.join(sorted(unknown))}; allowed: "
+                             f"{', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The one rule for which weights enter norm, spectral and PAC-Bayes measures.
+
+    Every 2-D parameter: the qkv projections (U^T, counted once even where the tied variants reuse it as the
+    output map), the learned or frozen output maps, the ISTA dictionaries, the patch embedding and the head.
+    LayerNorm gains and all biases are 1-D and the cls token and position embedding are 3-D, so they are out.
+    ``state`` (a state_dict) gives the same matrices from other weights, e.g. the initial ones.
+    """
+    names = [name for name, p in model.named_parameters() if p.ndim == 2]
+    source = state if state is not None else dict(model.named_parameters())
+    return {name: source[name].detach() for name in names}
+
+
+@dataclass
+class MeasureContext:
+    model: nn.Module                      # trained model, eval mode; measures must not change it
+    init_state: dict[str, torch.Tensor]   # state_dict at initialisation (same keys as the model's)
+    x: torch.Tensor                       # (M, C, H, W) fixed sample of the chosen split
+    y: torch.Tensor                       # (M,)
+    n_train: int                          # m, size of the full training set (for the log(m/sigma) terms)
+    options: MeasureOptions = field(default_factory=MeasureOptions)
+    cache: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.model.eval()
+
+    def cached(self, key: str, compute):
+        """Compute ``compute()`` once per context and share it between measures."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+    def features(self) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """Logits (M, classes) and per-layer Z_in, Z_half, Z_out (M, N, d) on the sample, one no-grad pass."""
+        def run():
+            with torch.no_grad():
+                return self.model(self.x, return_features=True)
+        return self.cached("features", run)
+
+    def logits(self) -> torch.Tensor:
+        return self.features()[0]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.cached("weights", lambda: weight_matrices(self.model))
+
+    def init_weights(self) -> dict[str, torch.Tensor]:
+        return self.cached("init_weights", lambda: weight_matrices(self.model, self.init_state))
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A fresh generator seeded from the options' seed, so every measure is reproducible on its own."""
+        return torch.Generator().manual_seed(self.options.seed * 1_000_003 + salt)

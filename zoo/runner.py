@@ -1,0 +1,178 @@
+"""Build a zoo: train every run of a profile's grid, locally in parallel or on a Dask cluster, resumably.
+
+Rerunning the same command skips finished runs and continues unfinished ones from their last saved state. A run
+that fails or diverges is recorded with its error and never stops the build.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+import traceback
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .data import load_dataset
+from .grid import DataConfig, Profile, RunConfig
+from .models import CRATE
+from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, save_checkpoint
+from .train import train_model
+
+MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "seed", "dataset",
+                 "status", "reached_target", "epochs", "steps", "seconds", "train_loss", "test_loss",
+                 "train_acc", "test_acc", "gap_loss", "gap_acc", "group_id", "error"]
+FINISHED = ("done", "diverged")
+
+
+@functools.lru_cache(maxsize=4)
+def cached_dataset(data: DataConfig, data_dir: str | None):
+    return load_dataset(data.dataset, data_dir=data_dir, n_train=data.n_train, n_test=data.n_test,
+                        num_classes=data.num_classes, seed=data.split_seed)
+
+
+def dataset_shape(data: DataConfig, data_dir: str | None) -> tuple[int, int, int]:
+    ds = cached_dataset(data, data_dir)
+    return ds.image_size, ds.channels, ds.num_classes
+
+
+def init_model(cfg: RunConfig) -> CRATE:
+    """The run's model at initialisation: a function of its seed alone."""
+    torch.manual_seed(cfg.train.seed)
+    return CRATE(cfg.model)
+
+
+def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, threads: int | None = None,
+              log=print) -> dict:
+    """Train one run of the store at ``root`` (or return its stored metrics if it is finished)."""
+    if threads:
+        torch.set_num_threads(threads)
+    store = RunStore(root)
+    run_id = store.prepare(cfg)
+    with store.lock(run_id) as lock:
+        if not lock.acquire():
+            return {"run_id": run_id, "status": "locked"}
+        if store.is_finished(run_id):
+            return {**store.metrics(run_id), "skipped": True}
+        try:
+            metrics = _train(cfg, store, run_id, data_dir, log)
+        except Exception as err:
+            metrics = {"status": "failed", "error": f"{err.__class__.__name__}: {err}",
+                       "traceback": traceback.format_exc(limit=5)}
+        metrics = {**cfg.axes, "group_id": cfg.group_id, **metrics}
+        store.write_metrics(run_id, metrics)
+        return {"run_id": run_id, **metrics}
+
+
+def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, log) -> dict:
+    data = cached_dataset(cfg.data, data_dir)
+    model = init_model(cfg)
+    init_path = store.ckpt(run_id, "init")
+    if not init_path.exists():
+        save_checkpoint(init_path, model.state_dict())
+    resume = None
+    state_path = store.ckpt(run_id, "state")
+    if state_path.exists():
+        try:
+            resume = load_checkpoint(state_path)
+        except StoreError as err:
+            log(f"[{run_id}] {err}; restarting this run from its initialisation")
+    keep = set(cfg.train.checkpoint_epochs)
+
+    def on_epoch(epoch: int, get_state, record: dict) -> None:
+        state = get_state()
+        if epoch in keep:
+            save_checkpoint(store.ckpt(run_id, f"epoch-{epoch:04d}"), state["model"])
+        store.write_log(run_id, state["history"])
+        save_checkpoint(state_path, state)
+
+    metrics = train_model(model, data, cfg.train, resume=resume, on_epoch=on_epoch)
+    if metrics["status"] == "done":
+        save_checkpoint(store.ckpt(run_id, "final"), model.state_dict())
+    for suffix in ("", ".sha256"):
+        state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)
+    metrics["error"] = (f"non-finite loss or weights in epoch {metrics['diverged_epoch']}"
+                        if metrics["status"] == "diverged" else "")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def _local_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler: str | None = None,
+              data_dir: str | None = None, progress: bool = True, log=print) -> dict:
+    """Train every run of ``profile`` into ``out``; return a summary (counts by status, wall time)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "profile.toml", profile.source or "")
+    runs = profile.runs(*dataset_shape(profile.data, data_dir))
+    store = RunStore(out)
+    todo = [cfg for cfg in runs if not store.is_finished(store.prepare(cfg))]
+    log(f"zoo {profile.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train "
+        f"({'dask ' + scheduler if scheduler else f'{workers} worker(s)'})")
+    start = time.perf_counter()
+    results = list(_execute(todo, out, workers=workers, scheduler=scheduler, data_dir=data_dir,
+                            progress=progress))
+    table = write_models_csv(out, runs)
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    summary = {"runs": len(runs), "trained": len(results), "skipped": len(runs) - len(todo),
+               "done": counts.get("done", 0), "diverged": counts.get("diverged", 0),
+               "failed": counts.get("failed", 0), "locked": sum(r.get("status") == "locked" for r in results),
+               "reached_target": int(table["reached_target"].fillna(False).astype(bool).sum()) if len(table) else 0,
+               "seconds": time.perf_counter() - start}
+    log(f"zoo {profile.name}: {summary['done']} done ({summary['reached_target']} reached the CE target), "
+        f"{summary['diverged']} diverged, {summary['failed']} failed, {summary['skipped']} skipped, "
+        f"{summary['locked']} locked by another process; {summary['seconds']:.1f} s -> {out / 'models.csv'}")
+    for r in results:
+        if r.get("status") == "failed":
+            log(f"  failed {r['run_id']}: {r.get('error')}")
+    return summary
+
+
+def _execute(todo: list[RunConfig], out: Path, *, workers: int, scheduler: str | None, data_dir: str | None,
+             progress: bool):
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(todo), desc="zoo", unit="run", disable=not progress or not todo)
+    if scheduler:
+        from dask.distributed import Client, as_completed
+        with Client(scheduler) as client:
+            futures = client.map(train_run, todo, root=str(out), data_dir=data_dir, threads=1, pure=False)
+            for future in as_completed(futures):
+                bar.update(1)
+                yield future.result()
+    elif workers > 1:
+        from joblib import Parallel, delayed
+        threads = _local_threads(workers)
+        jobs = (delayed(train_run)(cfg, str(out), data_dir, threads) for cfg in todo)
+        for result in Parallel(n_jobs=workers, return_as="generator_unordered")(jobs):
+            bar.update(1)
+            yield result
+    else:
+        for cfg in todo:
+            yield train_run(cfg, out, data_dir)
+            bar.update(1)
+    bar.close()
+
+
+def write_models_csv(out: Path, runs: list[RunConfig]) -> pd.DataFrame:
+    store = RunStore(out)
+    rows = []
+    for cfg in runs:
+        m = store.metrics(cfg.run_id) or {"status": "pending"}
+        rows.append({**{c: None for c in MODEL_COLUMNS}, **cfg.axes, "run_id": cfg.run_id,
+                     "group_id": cfg.group_id, **{k: v for k, v in m.items() if k in MODEL_COLUMNS}})
+    table = pd.DataFrame(rows, columns=MODEL_COLUMNS)
+    atomic_write_text(out / "models.csv", table.to_csv(index=False))
+    return table
+
+
+def load_zoo(path: str | Path) -> pd.DataFrame:
+    """The zoo's models.csv as a DataFrame, one row per run."""
+    csv_path = Path(path) / "models.csv"
+    if not csv_path.exists():
+        raise FileNotFoundError(f"{csv_path} not found: build the zoo first (srrbench zoo --out {path})")
+    return pd.read_csv(csv_path)

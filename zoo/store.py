@@ -1,0 +1,254 @@
+"""The run store: one directory per run, named by the hash of its config, written atomically.
+
+    OUT/runs/<run_id>/config.json      canonical config (its hash must equal the directory name)
+                      metrics.json     written last: its presence means the run is finished
+                      log.csv          one row per epoch
+                      ckpt/init.pt, ckpt/epoch-0005.pt, ckpt/final.pt   model weights
+                      ckpt/state.pt    full resumable state (optimizer, scheduler, RNG), removed when done
+                      *.sha256         checksum beside every checkpoint; a file without a matching one is corrupt
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a file that would need arbitrary unpickling (a
+foreign or malicious file) is refused, never executed.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .grid import RunConfig
+
+
+class StoreError(RuntimeError):
+    """A file in the store is corrupt, foreign or inconsistent; the message names it."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, tuple):
+        return list(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(f"{path}: unreadable JSON ({err.__class__.__name__}: {err})") from None
+
+
+def save_checkpoint(path: Path, obj) -> None:
+    """torch.save to bytes, then the file and its checksum, each atomically."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+
+
+def load_checkpoint(path: Path):
+    """Load a checkpoint written by ``save_checkpoint``; a missing checksum, a mismatch or a file that needs
+    arbitrary unpickling raises StoreError (nothing in it is executed)."""
+    sha_path = path.with_name(path.name + ".sha256")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise StoreError(f"{path}: cannot read checkpoint ({err})") from None
+    if not sha_path.exists():
+        raise StoreError(f"{path}: no checksum file {sha_path.name}; the checkpoint is incomplete or not ours")
+    if hashlib.sha256(data).hexdigest() != sha_path.read_text().strip():
+        raise StoreError(f"{path}: checksum mismatch, the checkpoint is truncated or altered")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as err:  # weights_only refuses any global it does not know: never executes it
+        raise StoreError(f"{path}: refused to load, not a plain tensor checkpoint ({err.__class__.__name__}: "
+                         f"{str(err).splitlines()[0]})") from None
+
+
+class RunLock:
+    """An exclusive lock file per run; a lock left by a dead process on this host is taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.held = False
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        owner = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self._stale():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(owner)
+            self.held = True
+            return True
+        return False
+
+    def _stale(self) -> bool:
+        try:
+            host, pid, _ = self.path.read_text().split()
+        except (OSError, ValueError):
+            # unreadable or half-written: stale only once it is old enough not to be mid-write
+            return time.time() - self.path.stat().st_mtime > 60 if self.path.exists() else True
+        if host != socket.gethostname():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class RunStore:
+    """The runs of one zoo directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.runs_dir = self.root / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def ckpt(self, run_id: str, name: str) -> Path:
+        return self.run_dir(run_id) / "ckpt" / f"{name}.pt"
+
+    def lock(self, run_id: str) -> RunLock:
+        return RunLock(self.run_dir(run_id) / ".lock")
+
+    # --- config -------------------------------------------------------------------------------------
+    def prepare(self, cfg: RunConfig) -> str:
+        """Create the run's directory with its config; an existing config that does not match is an error."""
+        run_id = cfg.run_id
+        path = self.run_dir(run_id) / "config.json"
+        if path.exists():
+            self.check_config(run_id)
+        else:
+            write_json(path, cfg.canonical())
+        return run_id
+
+    def check_config(self, run_id: str) -> RunConfig:
+        from .grid import config_hash
+        path = self.run_dir(run_id) / "config.json"
+        d = read_json(path)
+        if config_hash(d) != run_id:
+            raise StoreError(f"{path}: config hash {config_hash(d)} does not match its directory {run_id}")
+        try:
+            return RunConfig.from_dict(d)
+        except (TypeError, ValueError, KeyError) as err:
+            raise StoreError(f"{path}: not a run config of this version ({err})") from None
+
+    def load_config(self, run_id: str) -> RunConfig:
+        return self.check_config(run_id)
+
+    # --- status -------------------------------------------------------------------------------------
+    def metrics(self, run_id: str) -> dict | None:
+        """The finished run's metrics, or None if it has not finished (or its metrics file is corrupt)."""
+        path = self.run_dir(run_id) / "metrics.json"
+        if not path.exists():
+            return None
+        try:
+            m = read_json(path)
+        except StoreError:
+            return None
+        if m.get("run_id") != run_id or "status" not in m:
+            return None
+        return m
+
+    def is_finished(self, run_id: str) -> bool:
+        m = self.metrics(run_id)
+        if m is None:
+            return False
+        if m["status"] == "done":  # a finished run's final weights must be intact too
+            try:
+                load_checkpoint(self.ckpt(run_id, "final"))
+            except StoreError:
+                return False
+        return True
+
+    def run_ids(self) -> list[str]:
+        if not self.runs_dir.exists():
+            return []
+        return sorted(p.name for p in self.runs_dir.iterdir() if (p / "config.json").exists())
+
+    # --- writing ------------------------------------------------------------------------------------
+    def write_log(self, run_id: str, history: list[dict]) -> None:
+        if not history:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.run_dir(run_id) / "log.csv", buffer.getvalue())
+
+    def write_metrics(self, run_id: str, metrics: dict) -> None:
+        write_json(self.run_dir(run_id) / "metrics.json", {"run_id": run_id, **metrics})
+
+    def read_log(self, run_id: str) -> list[dict]:
+        path = self.run_dir(run_id) / "log.csv"
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def saved_epochs(self, run_id: str) -> list[tuple[int, Path]]:
+        """(epoch, path) of every weights checkpoint: init as 0, chosen epochs, final as its epoch."""
+        out = []
+        ckpt_dir = self.run_dir(run_id) / "ckpt"
+        if (ckpt_dir / "init.pt").exists():
+            out.append((0, ckpt_dir / "init.pt"))
+        for p in sorted(ckpt_dir.glob("epoch-*.pt")):
+            out.append((int(p.stem.split("-")[1]), p))
+        m = self.metrics(run_id)
+        if m and (ckpt_dir / "final.pt").exists():
+            if not any(e == m["epochs"] for e, _ in out):
+                out.append((m["epochs"], ckpt_dir / "final.pt"))
+        return sorted(out)
