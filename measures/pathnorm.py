@@ -61,7 +61,10 @@ def mlp_path_norm(weights) -> float:
 
 @dataclass(frozen=True)
 class _Scaled:
-    """A non-negative tensor ``value * exp(log_scale)`` with max(value) = 1 (or value = 0), so nothing overflows."""
+    """A non-negative tensor ``value * exp(log_scale)`` with max(value) = 1, or value = 0 and log_scale = −inf.
+
+    Neither overflow nor underflow of the scale can happen: only ``value`` is ever multiplied by exp(Δ) with Δ ≤ 0.
+    """
 
     value: torch.Tensor
     log_scale: float = 0.0
@@ -71,13 +74,18 @@ class _Scaled:
         top = float(t.max()) if t.numel() else 0.0
         if not math.isfinite(top):
             raise FloatingPointError(f"path-norm forward reached {top} inside one layer (float64 overflow)")
-        return cls(t / top, log_scale + math.log(top)) if top > 0 else cls(t, log_scale)
+        # an all-zero tensor gets scale -inf so that adding it (a zero bias) cannot wipe out a tiny partner
+        return cls(t / top, log_scale + math.log(top)) if top > 0 else cls(torch.zeros_like(t), float("-inf"))
 
     def map(self, fn) -> "_Scaled":
         """Apply a non-negative linear map (no bias) and renormalise."""
         return _Scaled.of(fn(self.value), self.log_scale)
 
     def plus(self, other: "_Scaled") -> "_Scaled":
+        if other.log_scale == float("-inf"):
+            return self
+        if self.log_scale == float("-inf"):
+            return other
         top = max(self.log_scale, other.log_scale)
         # exp(l - top) <= 1, so the sum of two max-1 tensors stays <= 2
         return _Scaled.of(self.value * math.exp(self.log_scale - top) + other.value * math.exp(other.log_scale - top),
@@ -88,7 +96,7 @@ class _Scaled:
 
     def log_total(self) -> float:
         total = float(self.value.sum())
-        return self.log_scale + math.log(total) if total > 0 else float("-inf")
+        return self.log_scale + math.log(total) if total > 0 else float("-inf")   # -inf: every path has weight 0
 
 
 def _sq(t: torch.Tensor | None) -> torch.Tensor | None:

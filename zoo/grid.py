@@ -93,6 +93,7 @@ class Profile:
     measures: dict = field(default_factory=dict)   # passed to the measures stage (names, options)
     analysis: dict = field(default_factory=dict)   # passed to the analysis stage
     source: str = ""                # the TOML text, stored beside the zoo
+    estimate: str = ""              # expected wall time, shown by `srrbench profiles`
 
     def runs(self, image_size: int, channels: int, num_classes: int) -> list[RunConfig]:
         """Every run of the grid, for a dataset of the given shape, in a fixed order."""
@@ -118,27 +119,17 @@ class Profile:
         return n
 
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "benchmark" / "profiles"
-_SECTIONS = ("name", "description", "data", "model", "train", "grid", "measures", "analysis")
+_SECTIONS = ("name", "description", "estimate", "data", "model", "train", "grid", "measures", "analysis")
 _MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name not in
                     ("variant", "image_size", "channels", "num_classes", "dim", "dropout"))
 _TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("lr", "batch_size", "seed"))
 _DATA_KEYS = tuple(f.name for f in fields(DataConfig))
 
 
-def builtin_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
-
-
-def load_profile(name_or_path: str | Path) -> Profile:
-    """A built-in profile by name (``smoke``, ``default``, ...) or a TOML file by path."""
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = PROFILE_DIR / f"{name_or_path}.toml"
-        if not path.exists():
-            raise ProfileError(f"unknown profile {str(name_or_path)!r}; built-in profiles: "
-                               f"{', '.join(builtin_profiles())} (or give a path to a .toml file)")
-    if not path.exists():
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile TOML file (built-in profiles are resolved by name in ``benchmark``)."""
+    path = Path(path)
+    if not path.is_file():
         raise ProfileError(f"profile file {path} does not exist")
     text = path.read_text()
     try:
@@ -219,7 +210,8 @@ def parse_profile(raw: dict, name: str = "profile", source: str = "") -> Profile
         raise ProfileError(f"profile {name!r}: {err}") from None
     return Profile(name=raw.get("name", name), description=raw.get("description", ""), data=data_cfg,
                    model=model, train=train, grid=grid, measures=dict(raw.get("measures", {})),
-                   analysis=dict(raw.get("analysis", {})), source=source)
+                   analysis=dict(raw.get("analysis", {})), source=source,
+                   estimate=str(raw.get("estimate", "")))
 
 
 def with_overrides(profile: Profile, **train_overrides) -> Profile:

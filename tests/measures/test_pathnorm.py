@@ -198,6 +198,20 @@ def test_deep_models_do_not_overflow():
         assert not math.isfinite(numpy_path_norm(m))                                   # the unscaled forward overflows
 
 
+def test_tiny_path_norms_do_not_underflow():
+    # weights x 1e-8, exactly-zero biases (as LayerNorm's at init) and no ISTA threshold (a constant (eta lambda)^2
+    # bias would keep every layer's output >= 1e-4): the value is far below float64's range
+    m = random_model("crate-c", depth=12, dim=16, heads=4, ista_lambda=0.0)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.copy_(1e-8 * p) if name.endswith("weight") or "qkv" in name else p.zero_()
+    value = path_norm_forward(m)
+    assert math.isfinite(value) and value < math.log(torch.finfo(torch.float64).tiny)   # < -708.4
+    with torch.no_grad():
+        m.head.weight.mul_(2.0)
+    assert path_norm_forward(m) == pytest.approx(value + math.log(4.0), rel=1e-12)      # head is the last map
+
+
 def test_over_margin_is_log_path_norm_minus_two_log_gamma():
     m = random_model("crate-c", num_classes=3)
     y = torch.tensor([0, 1, 2, 0, 1])

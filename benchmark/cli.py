@@ -1,0 +1,185 @@
+"""``srrbench``: the command line. Each subcommand is a thin wrapper over a library function.
+
+User mistakes (a bad profile key, a missing data file, an unknown measure) end in one line on stderr and exit
+code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  srrbench run --profile default                 zoo -> measures -> analysis -> report on digits
+  srrbench zoo --profile smoke --out out/smoke --workers 2
+  srrbench measures --zoo out/smoke --names 'srr*' path-norm
+  srrbench analyze --zoo out/smoke --gap gap_acc
+  srrbench profiles                              list the built-in profiles
+  srrbench list-measures                         list the registered measures"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_profile(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--profile", required=required, default=None if required else "default",
+                   help="built-in profile name (see `srrbench profiles`) or path to a TOML file")
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding CIFAR/MNIST files (not needed for the embedded digits data)")
+
+
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes (default: the number of CPU cores); torch threads per worker "
+                        "are set so workers x threads <= cores")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srrbench", description="Benchmark generalization measures (SRR, "
+                                     "path-norm, sharpness, PAC-Bayes, ...) on a zoo of CRATE transformers.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the whole pipeline: zoo -> measures -> analysis -> report (resumable)")
+    _add_profile(p, required=False)
+    p.add_argument("--out", default=None, help="output directory (default: srrbench-out/<profile>)")
+    _add_workers(p)
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address for the zoo stage (tcp://host:port)")
+    p.add_argument("--gap", default=None, choices=("gap_loss", "gap_acc"),
+                   help="generalization gap to rank against (default: the profile's, else gap_loss)")
+    _add_common(p)
+
+    p = sub.add_parser("zoo", help="train every run of a profile's grid into a run store (resumable)")
+    _add_profile(p)
+    p.add_argument("--out", required=True, help="zoo directory")
+    _add_workers(p)
+    p.add_argument("--scheduler", default=None,
+                   help="address of a Dask distributed scheduler; runs are sent to its workers")
+    _add_common(p)
+
+    p = sub.add_parser("measures", help="compute measures on every finished run of a zoo (cached per run)")
+    p.add_argument("--zoo", required=True, help="zoo directory")
+    p.add_argument("--names", nargs="+", default=None,
+                   help="measure names or patterns such as 'sharp*' (default: the profile's list, else all)")
+    _add_workers(p)
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset files, if not digits")
+    _add_common(p)
+
+    p = sub.add_parser("analyze", help="Kendall tau, granulated psi/Psi, CMI; tables, plots and the report")
+    p.add_argument("--zoo", required=True, help="zoo directory with models.csv and measures.csv")
+    p.add_argument("--gap", default=None, choices=("gap_loss", "gap_acc"),
+                   help="gap_loss = test CE - train CE (the paper's, default); gap_acc = train acc - test acc")
+    p.add_argument("--include-unreached", action="store_true",
+                   help="also rank models that did not reach the CE target (excluded by default, as in Jiang)")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates for the CIs (default 200)")
+    _add_common(p)
+
+    p = sub.add_parser("experiment", help="one of the paper's experiments: " + ", ".join(EXPERIMENT_NAMES))
+    p.add_argument("name", choices=EXPERIMENT_NAMES, help="which experiment")
+    p.add_argument("--out", required=True, help="directory for its CSV and plots")
+    p.add_argument("--zoo", default=None, help="a built zoo (needed by layerwise and sensitivity)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds), as in the tests")
+    _add_workers(p)
+    p.add_argument("--data-dir", default=None, help="directory holding the dataset files, if not digits")
+    _add_common(p)
+
+    p = sub.add_parser("check", help="verify a zoo directory: config hashes, checkpoint checksums, metrics")
+    p.add_argument("--zoo", required=True, help="zoo directory")
+    _add_common(p)
+
+    p = sub.add_parser("perf", help="performance benchmark: fast paths against plain reference loops")
+    p.add_argument("--out", required=True, help="directory for perf.csv")
+    p.add_argument("--quick", action="store_true", help="small sizes (for a smoke test)")
+    _add_common(p)
+
+    p = sub.add_parser("profiles", help="list the built-in profiles with model counts")
+    _add_common(p)
+    p = sub.add_parser("list-measures", help="list the registered measures")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'pacbayes*'")
+    _add_common(p)
+    return parser
+
+
+EXPERIMENT_NAMES = ("ascent", "layerwise", "regularize", "variants", "sensitivity")
+
+
+def _workers(args) -> int:
+    import os
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    return args.workers or (os.cpu_count() or 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("srrbench: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        from . import pipeline
+        if isinstance(err, pipeline.USER_ERRORS):
+            message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+            print(f"srrbench: error: {message}", file=sys.stderr)
+            return 2
+        print(f"srrbench: internal error: {err.__class__.__name__}: {err} (rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args) -> int:
+    from . import pipeline
+    progress = not args.quiet
+    if args.command == "profiles":
+        print(pipeline.profiles_table().to_string(index=False))
+        return 0
+    if args.command == "list-measures":
+        import measures
+        table = measures.describe()
+        table = table[table["measure"].isin([m.name for m in measures.available(args.pattern)])]
+        print(table.to_string(index=False))
+        return 0
+    if args.command == "zoo":
+        from zoo import build_zoo
+        summary = build_zoo(pipeline.resolve_profile(args.profile), args.out, workers=_workers(args),
+                            scheduler=args.scheduler, data_dir=args.data_dir, progress=progress)
+        return 0 if summary["failed"] == 0 else 1
+    if args.command == "measures":
+        pipeline.measures_stage(Path(args.zoo), names=args.names, workers=_workers(args),
+                                data_dir=args.data_dir, progress=progress)
+        return 0
+    if args.command == "analyze":
+        pipeline.analysis_stage(Path(args.zoo), gap=args.gap, include_unreached=args.include_unreached,
+                                n_boot=args.n_boot)
+        return 0
+    if args.command == "check":
+        from zoo.check import check_zoo
+        report = check_zoo(args.zoo)
+        for problem in report.problems:
+            print(f"  {problem}")
+        print(f"check {args.zoo}: {report.summary()}")
+        return 0 if report.ok else 1
+    if args.command == "experiment":
+        from .experiments import EXPERIMENTS
+        EXPERIMENTS[args.name](Path(args.out), zoo=Path(args.zoo) if args.zoo else None, quick=args.quick,
+                               workers=_workers(args), data_dir=args.data_dir)
+        return 0
+    if args.command == "perf":
+        from .perf import run_perf
+        run_perf(Path(args.out), quick=args.quick)
+        return 0
+    if args.command == "run":
+        out = Path(args.out) if args.out else Path("srrbench-out") / Path(args.profile).stem
+        pipeline.run_pipeline(args.profile, out, workers=_workers(args), scheduler=args.scheduler,
+                              data_dir=args.data_dir, gap=args.gap, progress=progress)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

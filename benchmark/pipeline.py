@@ -1,0 +1,79 @@
+"""The one-command pipeline: zoo -> measures -> layer-wise SRR -> analysis -> report, each stage resumable.
+
+Every stage skips what is already done (finished runs, cached measure values), so rerunning the same command
+after an interruption redoes nothing finished.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from zoo import DatasetError, ProfileError, StoreError, build_zoo, load_profile
+
+from .profiles import builtin_profiles, resolve_profile
+
+# errors caused by the user's input: reported in one line with exit code 2
+USER_ERRORS = (ProfileError, DatasetError, StoreError, KeyError, FileNotFoundError, ValueError)
+
+
+def profiles_table() -> pd.DataFrame:
+    rows = []
+    for name in builtin_profiles():
+        p = resolve_profile(name)
+        rows.append({"profile": name, "dataset": p.data.dataset, "models": p.n_runs,
+                     "widths": ",".join(map(str, p.grid["width"])), "estimate": p.estimate,
+                     "description": p.description})
+    return pd.DataFrame(rows)
+
+
+def _profile_of(zoo_dir: Path):
+    path = zoo_dir / "profile.toml"
+    return load_profile(path) if path.exists() and path.read_text().strip() else None
+
+
+def measures_stage(zoo_dir: Path, names=None, workers: int = 1, data_dir: str | None = None,
+                   progress: bool = True, log=print) -> pd.DataFrame:
+    from measures import compute_zoo
+    from measures.layerwise import layerwise_zoo
+    profile = _profile_of(zoo_dir)
+    settings = dict(profile.measures) if profile else {}
+    names = names or settings.pop("names", None)
+    settings.pop("names", None)
+    table = compute_zoo(zoo_dir, names, options=settings, workers=workers, data_dir=data_dir, progress=progress,
+                        log=log)
+    layerwise_zoo(zoo_dir, options=settings, data_dir=data_dir, progress=progress)
+    return table
+
+
+def analysis_stage(zoo_dir: Path, gap: str | None = None, include_unreached: bool = False,
+                   n_boot: int | None = None, log=print) -> dict:
+    from analysis import analyze_zoo
+    profile = _profile_of(zoo_dir)
+    settings = dict(profile.analysis) if profile else {}
+    return analyze_zoo(zoo_dir, gap=gap or settings.get("gap", "gap_loss"), include_unreached=include_unreached,
+                       n_boot=n_boot or settings.get("n_boot", 200), seed=settings.get("seed", 0), log=log)
+
+
+def run_pipeline(profile_name: str, out: Path, workers: int = 1, scheduler: str | None = None,
+                 data_dir: str | None = None, gap: str | None = None, progress: bool = True, log=print) -> dict:
+    profile = resolve_profile(profile_name)
+    start = time.perf_counter()
+    timings = {}
+    log(f"[1/3] zoo: training {profile.n_runs} models of profile {profile.name!r} into {out}")
+    t = time.perf_counter()
+    build_zoo(profile, out, workers=workers, scheduler=scheduler, data_dir=data_dir, progress=progress, log=log)
+    timings["zoo"] = time.perf_counter() - t
+    log("[2/3] measures: complexity measures and layer-wise SRR on every finished model")
+    t = time.perf_counter()
+    measures_stage(out, workers=workers, data_dir=data_dir, progress=progress, log=log)
+    timings["measures"] = time.perf_counter() - t
+    log("[3/3] analysis: Kendall tau, granulated Psi, CMI, tables, plots, report")
+    t = time.perf_counter()
+    paths = analysis_stage(out, gap=gap, log=log)
+    timings["analysis"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    log(f"done in {timings['total']:.0f} s (zoo {timings['zoo']:.0f} s, measures {timings['measures']:.0f} s, "
+        f"analysis {timings['analysis']:.0f} s). Report: {out / 'report.html'} (and report.md)")
+    return {"timings": timings, "paths": paths}

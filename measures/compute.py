@@ -1,0 +1,180 @@
+"""Compute registered measures on one model, one run directory, or every finished run of a zoo.
+
+Per run, values are cached in ``runs/<id>/measures.json`` together with the options and each measure's version,
+so a rerun computes only what is missing, new, or changed. A measure that fails on a model gives NaN and its
+error goes to ``measures_errors.log``; the other measures and models carry on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from zoo.data import Dataset
+from zoo.models import CRATE
+from zoo.runner import cached_dataset
+from zoo.store import RunStore, StoreError, atomic_write_text, load_checkpoint, read_json, write_json
+
+from .context import MeasureContext, MeasureOptions
+from .registry import available, get_measure, resolve_names
+
+
+def sample_split(data: Dataset, options: MeasureOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed sample of ``options.n_samples`` images of the chosen split (all of it if smaller)."""
+    x, y = (data.x_train, data.y_train) if options.split == "train" else (data.x_test, data.y_test)
+    if options.n_samples >= len(x):
+        return x, y
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(options.seed))[:options.n_samples]
+    return x[idx.sort().values], y[idx.sort().values]
+
+
+def make_context(model: CRATE, init_state: dict, data: Dataset, options: MeasureOptions) -> MeasureContext:
+    x, y = sample_split(data, options)
+    return MeasureContext(model=model, init_state=init_state, x=x, y=y, n_train=len(data.x_train),
+                          options=options)
+
+
+def evaluate_measures(ctx: MeasureContext, names: list[str]) -> dict[str, dict]:
+    """{name: {"value", "error", "seconds", "version"}} for each name; exceptions become NaN plus the error."""
+    out = {}
+    for name in names:
+        measure = get_measure(name)
+        start = time.perf_counter()
+        try:
+            value = measure(ctx)
+            value = float(value) if np.ndim(value) == 0 else [float(v) for v in value]
+            error = None
+            if isinstance(value, float) and not math.isfinite(value):
+                error = f"non-finite value {value}"
+        except Exception as err:  # one failing measure must not stop the rest
+            value, error = float("nan"), f"{err.__class__.__name__}: {err}"
+        out[name] = {"value": value, "error": error, "seconds": time.perf_counter() - start,
+                     "version": measure.version}
+    return out
+
+
+def load_run(store: RunStore, run_id: str, data_dir: str | None = None, checkpoint: str = "final"):
+    """(model with the checkpoint's weights, initial state_dict, dataset) of a stored run."""
+    cfg = store.load_config(run_id)
+    model = CRATE(cfg.model)
+    init_state = load_checkpoint(store.ckpt(run_id, "init"))
+    path = checkpoint if isinstance(checkpoint, Path) else store.ckpt(run_id, checkpoint)
+    model.load_state_dict(load_checkpoint(path))
+    return model, init_state, cached_dataset(cfg.data, data_dir)
+
+
+def compute(model_or_run_dir, names=None, *, init_state: dict | None = None, data: Dataset | None = None,
+            data_dir: str | None = None, **options) -> pd.DataFrame:
+    """Measures of one model (with ``init_state`` and ``data``) or of one run directory, as a one-row table."""
+    opts = MeasureOptions.from_dict(options)
+    names = resolve_names(names)
+    if isinstance(model_or_run_dir, (str, Path)):
+        run_dir = Path(model_or_run_dir)
+        model, init_state, data = load_run(RunStore(run_dir.parent.parent), run_dir.name, data_dir)
+        row = {"run_id": run_dir.name}
+    else:
+        model, row = model_or_run_dir, {}
+        if data is None:
+            raise ValueError("compute(model, ...) needs data= (a zoo.Dataset) for the measures' sample")
+        if init_state is None:
+            raise ValueError("compute(model, ...) needs init_state= (the model's state_dict at initialisation)")
+    results = evaluate_measures(make_context(model, init_state, data, opts), names)
+    row.update({name: r["value"] for name, r in results.items()})
+    return pd.DataFrame([row])
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def _run_measures(zoo_dir: str, run_id: str, names: list[str], options: dict, data_dir: str | None,
+                  threads: int | None) -> dict:
+    """Compute the missing measures of one run and update its cache; returns the full cache entry."""
+    if threads:
+        torch.set_num_threads(threads)
+    store = RunStore(zoo_dir)
+    cache_path = store.run_dir(run_id) / "measures.json"
+    cache = {"options": options, "values": {}}
+    if cache_path.exists():
+        try:
+            old = read_json(cache_path)
+            if old.get("options") == options and isinstance(old.get("values"), dict):
+                cache = old
+        except StoreError:
+            pass  # corrupt cache: recompute
+    todo = [n for n in names if n not in cache["values"]
+            or cache["values"][n].get("version") != get_measure(n).version]
+    if todo:
+        model, init_state, data = load_run(store, run_id, data_dir)
+        ctx = make_context(model, init_state, data, MeasureOptions.from_dict(options))
+        cache["values"].update(evaluate_measures(ctx, todo))
+        write_json(cache_path, cache)
+    return {"run_id": run_id, "computed": len(todo), "values": cache["values"]}
+
+
+def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None, workers: int = 1,
+                data_dir: str | None = None, progress: bool = True, log=print) -> pd.DataFrame:
+    """Measures of every finished run of a zoo; writes measures.csv, measures_info.csv, measures_options.json
+    and measures_errors.log in ``zoo_dir``; returns the measures table."""
+    zoo_dir = Path(zoo_dir)
+    names = resolve_names(names)
+    options = MeasureOptions.from_dict(options or {}).as_dict()
+    models = pd.read_csv(zoo_dir / "models.csv")
+    run_ids = models.loc[models["status"] == "done", "run_id"].tolist()
+    log(f"measures: {len(names)} measures on {len(run_ids)} finished runs "
+        f"({len(models) - len(run_ids)} runs not 'done' are left out)")
+    from tqdm.auto import tqdm
+    start = time.perf_counter()
+    bar = tqdm(total=len(run_ids), desc="measures", unit="model", disable=not progress or not run_ids)
+    if workers > 1:
+        from joblib import Parallel, delayed
+        import os
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        jobs = (delayed(_run_measures)(str(zoo_dir), r, names, options, data_dir, threads) for r in run_ids)
+        results = []
+        for result in Parallel(n_jobs=workers, return_as="generator_unordered")(jobs):
+            results.append(result)
+            bar.update(1)
+    else:
+        results = []
+        for r in run_ids:
+            results.append(_run_measures(str(zoo_dir), r, names, options, data_dir, None))
+            bar.update(1)
+    bar.close()
+    by_run = {r["run_id"]: r for r in results}
+    rows, errors, seconds = [], [], {n: [] for n in names}
+    for run_id in run_ids:
+        values = by_run[run_id]["values"]
+        row = {"run_id": run_id}
+        for n in names:
+            v = values[n]
+            row[n] = v["value"] if not isinstance(v["value"], list) else float("nan")
+            seconds[n].append(v.get("seconds", float("nan")))
+            if v.get("error"):
+                errors.append(f"{run_id}\t{n}\t{v['error']}")
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["run_id", *names])
+    atomic_write_text(zoo_dir / "measures.csv", table.to_csv(index=False))
+    info = pd.DataFrame([{"measure": n, "family": get_measure(n).family,
+                          "higher_is_complex": get_measure(n).higher_is_complex,
+                          "description": get_measure(n).description, "version": get_measure(n).version,
+                          "mean_seconds": float(np.nanmean(seconds[n])) if seconds[n] else float("nan")}
+                         for n in names])
+    atomic_write_text(zoo_dir / "measures_info.csv", info.to_csv(index=False))
+    write_json(zoo_dir / "measures_options.json", options)
+    atomic_write_text(zoo_dir / "measures_errors.log", "\n".join(errors) + ("\n" if errors else ""))
+    computed = sum(r["computed"] for r in results)
+    log(f"measures: {computed} values computed, {len(run_ids) * len(names) - computed} from cache, "
+        f"{len(errors)} failed (see measures_errors.log); {time.perf_counter() - start:.1f} s "
+        f"-> {zoo_dir / 'measures.csv'}")
+    return table
+
+
+def describe() -> pd.DataFrame:
+    """The registered measures: name, family, direction and description."""
+    return pd.DataFrame([{"measure": m.name, "family": m.family, "needs_data": m.needs_data,
+                          "higher_is_complex": m.higher_is_complex, "description": m.description}
+                         for m in available()])

@@ -1,0 +1,317 @@
+"""Sharpness measures: Jiang's worst-case α′ bounds (measure-formulas §8.6) and adaptive m-sharpness (§8.7).
+
+Perturbation set: as in ``measures.pacbayes`` — every parameter of ``named_parameters()`` (frozen ones included)
+is perturbed, buffers never; the norms in the bounds use the weight-matrix vector (``ctx.weights()``), ω its
+length, m = ``ctx.n_train``. The model is never modified: perturbed parameter dicts go through
+``torch.func.functional_call`` in eval mode.
+
+Worst-case α′ (Jiang "sharpness-*"). For a box |u_i| ≤ r_i, with r_i = α (plain) or α|w_i| + ε (magnitude-aware,
+ε = magnitude_eps), the adversary is projected sign-gradient ascent on the training cross-entropy of the whole
+fixed sample: a uniform random start inside the box, then ``ascent_steps`` steps u ← clip(u + (r/4)⊙sign∇_u CE,
+−r, r). The drop of the box is the largest accuracy drop over the iterates (start, every step, final), as an
+attack keeps its best point. α′ is the largest α whose drop ≤ target_drop, by the same bisection on [0, 2] as
+σ′. The start directions are drawn once per search from ``ctx.generator(salt)`` and rescaled to every α (common
+random numbers). Accuracy comes free with each ascent step's forward pass, so a step whose drop already exceeds
+target + tolerance ends that α early: the bisection's decision is then certain.
+
+Bounds (the log term uses α′, where the memory-of-paper note writes log(m/σ); σ does not exist in this search):
+- sharpness-init      ‖w − w⁰‖²·log(2ω)/(4α′²) + log(m/α′) + 10
+- sharpness-orig      ‖w‖²·log(2ω)/(4α′²) + log(m/α′) + 10
+- sharpness-flatness  1/α′²
+- sharpness-mag-init  ¼ Σ_i log[(ε² + (α′² + 4 log(2ω))‖w − w⁰‖²/ω) / (ε² + α′²(w_i − w⁰_i)²)] + log(m/α′) + 10
+- sharpness-mag-orig  the same with ‖w‖² and w_i² (origin prior, as pacbayes-mag-orig)
+- sharpness-mag-flatness  1/α′²
+The magnitude-aware bounds are the PAC-Bayes-mag bounds with σ′² replaced by α′²/(4 log 2ω)-style box-to-Gaussian
+scaling as recalled from Jiang et al. App. C (eqs. 62–64, not in any port read) [M]; they are monotone in α′ at
+fixed weights, which is what the rankings use.
+
+Adaptive sharpness (Andriushchenko et al. 2023; Kwon et al. 2021). c = |w| (adaptive, all parameters),
+ρ = options.rho, batches B of size m_sharpness taken in order from the fixed sample (a single batch when the
+sample is smaller), L_B the mean cross-entropy. Default geometry ℓ∞ (``ADAPTIVE_NORM``; "l2" is also
+implemented): it matches the box of the α′ search and keeps ρ = 0.05 a per-coordinate relative radius, whereas an
+ℓ2 ball of radius 0.05 over ~10⁵ coordinates is a vanishing per-coordinate move.
+- adaptive-sharpness-avg:   mean_B mean_j [L_B(w + δ_j) − L_B(w)], δ_j = ρ c⊙ξ_j with mc_samples draws per
+  batch, ξ ∼ U[−1, 1] (ℓ∞) or ξ = g/‖g‖₂, g ∼ N(0, I) (ℓ2); the draws are evaluated in one vmap.
+- adaptive-sharpness-worst: mean_B max_{‖δ⊘c‖ ≤ ρ} L_B(w + δ) − L_B(w), by an APGD-lite of ``ascent_steps`` steps
+  in v = δ⊘c from v = 0: steepest-ascent steps (sign of the gradient for ℓ∞, normalised gradient for ℓ2), initial
+  step 2ρ, APGD's momentum 0.75, projection onto the ball, the step halved at APGD's checkpoints when fewer than
+  75% of the steps since the last checkpoint raised the loss or the best loss did not move (then restarting from
+  the best point); the best loss over all iterates is kept. No random restarts.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .pacbayes import (bisect_largest, eval_mode, model_buffers, pacbayes_mag_bound, perturbable_parameters,
+                       weight_vector)
+from .registry import register_measure
+
+ALPHA_SALT = 8_601        # ctx.generator salt of the plain α′ search
+MAG_ALPHA_SALT = 8_701    # ... of the magnitude-aware one
+ADAPTIVE_AVG_SALT = 8_801
+ALPHA_KEY = "sharpness/alpha"
+MAG_ALPHA_KEY = "sharpness/alpha-mag"
+ADAPTIVE_NORM = "linf"    # geometry of the adaptive-sharpness ball: "linf" or "l2" (module docstring)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Worst-case α′ search (§8.6).
+
+def box_radius(params: dict[str, torch.Tensor], alpha: float, magnitude_eps: float | None) -> dict:
+    """r_i = α, or α|w_i| + ε for the magnitude-aware box."""
+    if magnitude_eps is None:
+        return {name: torch.full_like(w, alpha) for name, w in params.items()}
+    return {name: alpha * w.abs() + magnitude_eps for name, w in params.items()}
+
+
+def worst_case_drop(model: nn.Module, params: dict[str, torch.Tensor], radius: dict[str, torch.Tensor],
+                    start: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, clean_correct: int, *,
+                    steps: int, stop_above: float = math.inf) -> float:
+    """Largest accuracy drop over the iterates of projected sign-gradient ascent in the box |u| ≤ radius.
+
+    ``start`` holds directions in [−1, 1] (u₀ = radius⊙start). Returns as soon as the drop exceeds ``stop_above``.
+    """
+    buffers = model_buffers(model)
+    n = len(x)
+    u = {name: radius[name] * start[name] for name in params}
+    best = -math.inf
+    for step in range(steps + 1):
+        last = step == steps
+        leaves = {name: (w + u[name]).requires_grad_(not last) for name, w in params.items()}
+        with torch.set_grad_enabled(not last):
+            logits = functional_call(model, (leaves, buffers), (x,))                    # (B, classes)
+            best = max(best, (clean_correct - int((logits.argmax(-1) == y).sum())) / n)
+            if best > stop_above or last:
+                return best
+            grads = torch.autograd.grad(F.cross_entropy(logits, y), list(leaves.values()))
+        u = {name: torch.maximum(torch.minimum(u[name] + radius[name] / 4 * g.sign(), radius[name]),
+                                 -radius[name])
+             for (name, g) in zip(leaves, grads)}
+    return best
+
+
+def alpha_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int, target_drop: float = 0.1,
+                 steps: int = 15, tolerance: float = 0.01, ascent_steps: int = 10,
+                 magnitude_eps: float | None = None) -> float:
+    """α′: the largest box half-width whose worst-case accuracy drop is ≤ target_drop (module docstring)."""
+    params = perturbable_parameters(model)
+    g = torch.Generator().manual_seed(seed)
+    start = {name: 2 * torch.rand(w.shape, generator=g, dtype=w.dtype) - 1 for name, w in params.items()}
+    with eval_mode(model):
+        with torch.no_grad():
+            clean = int((functional_call(model, (params, model_buffers(model)), (x,)).argmax(-1) == y).sum())
+        return bisect_largest(
+            lambda a: worst_case_drop(model, params, box_radius(params, a, magnitude_eps), start, x, y, clean,
+                                      steps=ascent_steps, stop_above=target_drop + tolerance),
+            target=target_drop, tolerance=tolerance, steps=steps)
+
+
+def _search(ctx, magnitude: bool) -> float:
+    opts = ctx.options
+    salt = MAG_ALPHA_SALT if magnitude else ALPHA_SALT
+    return alpha_search(ctx.model, ctx.x, ctx.y, seed=ctx.generator(salt).initial_seed(),
+                        target_drop=opts.target_drop, steps=opts.search_steps, tolerance=opts.search_tolerance,
+                        ascent_steps=opts.ascent_steps, magnitude_eps=opts.magnitude_eps if magnitude else None)
+
+
+def alpha_prime(ctx) -> float:
+    """α′ of the plain box search, computed once per context."""
+    return ctx.cached(ALPHA_KEY, lambda: _search(ctx, magnitude=False))
+
+
+def mag_alpha_prime(ctx) -> float:
+    """α′ of the magnitude-aware box search, computed once per context."""
+    return ctx.cached(MAG_ALPHA_KEY, lambda: _search(ctx, magnitude=True))
+
+
+def sharpness_bound(norm_sq: float, alpha: float, omega: int, m: int) -> float:
+    """‖·‖²·log(2ω)/(4α²) + log(m/α) + 10."""
+    return norm_sq * math.log(2 * omega) / (4 * alpha ** 2) + math.log(m / alpha) + 10
+
+
+def sharpness_mag_bound(norm_sq: float, denom_w: torch.Tensor, alpha: float, eps: float, m: int) -> float:
+    """¼ Σ_i log[(ε² + (α² + 4 log 2ω)‖·‖²/ω)/(ε² + α² v_i²)] + log(m/α) + 10, v = ``denom_w``."""
+    omega = denom_w.numel()
+    numerator = eps ** 2 + (alpha ** 2 + 4 * math.log(2 * omega)) * norm_sq / omega
+    denominator = eps ** 2 + alpha ** 2 * denom_w.double() ** 2
+    return 0.25 * float(torch.log(numerator / denominator).sum()) + math.log(m / alpha) + 10
+
+
+def _w_and_w0(ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    return weight_vector(ctx.weights()), weight_vector(ctx.init_weights())
+
+
+@register_measure("sharpness-init", family="sharpness", needs_data=True)
+def sharpness_init(ctx) -> float:
+    """‖w − w⁰‖²·log(2ω)/(4α′²) + log(m/α′) + 10, α′ the largest box whose worst case costs ≤ target_drop."""
+    w, w0 = _w_and_w0(ctx)
+    return sharpness_bound(float(((w - w0) ** 2).sum()), alpha_prime(ctx), w.numel(), ctx.n_train)
+
+
+@register_measure("sharpness-orig", family="sharpness", needs_data=True)
+def sharpness_orig(ctx) -> float:
+    """‖w‖²·log(2ω)/(4α′²) + log(m/α′) + 10 with the worst-case box half-width α′."""
+    w, _ = _w_and_w0(ctx)
+    return sharpness_bound(float((w ** 2).sum()), alpha_prime(ctx), w.numel(), ctx.n_train)
+
+
+@register_measure("sharpness-flatness", family="sharpness", needs_data=True)
+def sharpness_flatness(ctx) -> float:
+    """1/α′² for the worst-case box half-width α′."""
+    return 1.0 / alpha_prime(ctx) ** 2
+
+
+@register_measure("sharpness-mag-init", family="sharpness", needs_data=True)
+def sharpness_mag_init(ctx) -> float:
+    """Magnitude-aware worst-case sharpness bound around w⁰, box |u_i| ≤ α′|w_i| + ε."""
+    w, w0 = _w_and_w0(ctx)
+    d = w - w0
+    return sharpness_mag_bound(float((d ** 2).sum()), d, mag_alpha_prime(ctx), ctx.options.magnitude_eps,
+                               ctx.n_train)
+
+
+@register_measure("sharpness-mag-orig", family="sharpness", needs_data=True)
+def sharpness_mag_orig(ctx) -> float:
+    """Magnitude-aware worst-case sharpness bound around the origin, box |u_i| ≤ α′|w_i| + ε."""
+    w, _ = _w_and_w0(ctx)
+    return sharpness_mag_bound(float((w ** 2).sum()), w, mag_alpha_prime(ctx), ctx.options.magnitude_eps,
+                               ctx.n_train)
+
+
+@register_measure("sharpness-mag-flatness", family="sharpness", needs_data=True)
+def sharpness_mag_flatness(ctx) -> float:
+    """1/α′² for the magnitude-aware box |u_i| ≤ α′|w_i| + ε."""
+    return 1.0 / mag_alpha_prime(ctx) ** 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Adaptive average- and worst-case m-sharpness (§8.7).
+
+def sample_batches(x: torch.Tensor, y: torch.Tensor, m: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive batches of size m (a trailing partial batch is dropped; one batch if len(x) < m)."""
+    if len(x) <= m:
+        return [(x, y)]
+    return [(x[i:i + m], y[i:i + m]) for i in range(0, len(x) - m + 1, m)]
+
+
+def _ball_direction(shape_like: dict[str, torch.Tensor], n: int, norm: str, g: torch.Generator) -> dict:
+    """n directions ξ with ‖ξ‖ = 1 in ``norm`` over the whole parameter vector (ℓ∞: U[−1, 1] per coordinate)."""
+    if norm == "linf":
+        return {name: 2 * torch.rand((n, *w.shape), generator=g, dtype=w.dtype) - 1
+                for name, w in shape_like.items()}
+    xi = {name: torch.randn((n, *w.shape), generator=g, dtype=w.dtype) for name, w in shape_like.items()}
+    total = torch.sqrt(sum((v.reshape(n, -1) ** 2).sum(1) for v in xi.values()))          # (n,)
+    return {name: v / total.reshape(n, *([1] * (v.ndim - 1))) for name, v in xi.items()}
+
+
+def _loss(model, params, buffers, x, y) -> torch.Tensor:
+    return F.cross_entropy(functional_call(model, (params, buffers), (x,)), y)
+
+
+def adaptive_sharpness_avg(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, rho: float, batch_size: int,
+                           draws: int, seed: int, norm: str = ADAPTIVE_NORM) -> float:
+    """mean over batches of E_δ[L_B(w + δ) − L_B(w)], δ = ρ|w|⊙ξ, ``draws`` directions per batch in one vmap."""
+    params, buffers = perturbable_parameters(model), model_buffers(model)
+    scale = {name: rho * w.abs() for name, w in params.items()}
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    with eval_mode(model), torch.no_grad():
+        for xb, yb in sample_batches(x, y, batch_size):
+            xi = _ball_direction(params, draws, norm, g)
+            batched = {name: w + scale[name] * xi[name] for name, w in params.items()}
+            perturbed = vmap(lambda p: _loss(model, p, buffers, xb, yb))(batched)             # (draws,)
+            values.append(float(perturbed.mean()) - float(_loss(model, params, buffers, xb, yb)))
+    return sum(values) / len(values)
+
+
+_APGD_ALPHA = 0.75  # momentum of APGD (Croce & Hein 2020)
+
+
+def _apgd_checkpoints(steps: int) -> set[int]:
+    """APGD's step-size checkpoints p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return {math.ceil(q * steps) for q in p[1:] if 0 < math.ceil(q * steps) < steps}
+
+
+def _worst_batch(model, params, buffers, c, xb, yb, rho: float, steps: int, norm: str) -> float:
+    """max over ‖v‖ ≤ ρ of L_B(w + c⊙v) − L_B(w), APGD-lite in v (module docstring)."""
+    def project(v):
+        if norm == "linf":
+            return {k: t.clamp(-rho, rho) for k, t in v.items()}
+        length = torch.sqrt(sum((t ** 2).sum() for t in v.values()))
+        return {k: t * min(1.0, rho / max(float(length), 1e-30)) for k, t in v.items()}
+
+    def ascent_direction(grads):
+        grads = {k: c[k] * g for k, g in grads.items()}                      # chain rule through δ = c⊙v
+        if norm == "linf":
+            return {k: g.sign() for k, g in grads.items()}
+        length = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
+        return {k: g / max(float(length), 1e-30) for k, g in grads.items()}
+
+    def loss_and_grad(v):
+        leaves = {k: (w + c[k] * v[k]).requires_grad_() for k, w in params.items()}
+        loss = _loss(model, leaves, buffers, xb, yb)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        return float(loss), dict(zip(leaves, grads))
+
+    with torch.no_grad():
+        clean = float(_loss(model, params, buffers, xb, yb))
+    checkpoints = _apgd_checkpoints(steps)
+    eta = 2 * rho
+    v = {k: torch.zeros_like(w) for k, w in params.items()}
+    loss, grad = loss_and_grad(v)
+    best_loss, best_v, best_grad = loss, v, grad
+    v_prev, increases, since, best_at_check, halved = v, 0, 0, best_loss, False
+    for step in range(steps):
+        z = project({k: v[k] + eta * d for k, d in ascent_direction(grad).items()})
+        momentum = _APGD_ALPHA if step > 0 else 1.0
+        v_new = project({k: v[k] + momentum * (z[k] - v[k]) + (1 - momentum) * (v[k] - v_prev[k]) for k in v})
+        v_prev, v = v, v_new
+        new_loss, grad = loss_and_grad(v)
+        increases += new_loss > loss
+        since += 1
+        loss = new_loss
+        if loss > best_loss:
+            best_loss, best_v, best_grad = loss, v, grad
+        if step + 1 in checkpoints:
+            if increases < 0.75 * since or (not halved and best_loss <= best_at_check):
+                eta, halved = eta / 2, True
+                v, v_prev, grad, loss = best_v, best_v, best_grad, best_loss
+            else:
+                halved = False
+            increases, since, best_at_check = 0, 0, best_loss
+    return best_loss - clean
+
+
+def adaptive_sharpness_worst(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, rho: float,
+                             batch_size: int, steps: int, norm: str = ADAPTIVE_NORM) -> float:
+    """mean over batches of max_{‖δ⊘|w|‖ ≤ ρ} L_B(w + δ) − L_B(w), by APGD-lite (module docstring)."""
+    params, buffers = perturbable_parameters(model), model_buffers(model)
+    c = {name: w.abs() for name, w in params.items()}
+    with eval_mode(model):
+        values = [_worst_batch(model, params, buffers, c, xb, yb, rho, steps, norm)
+                  for xb, yb in sample_batches(x, y, batch_size)]
+    return sum(values) / len(values)
+
+
+@register_measure("adaptive-sharpness-avg", family="sharpness", needs_data=True)
+def adaptive_sharpness_avg_measure(ctx) -> float:
+    """Adaptive average-case m-sharpness E_B E_δ[L_B(w + δ) − L_B(w)], ‖δ/|w|‖∞ ≤ ρ (Andriushchenko et al.)."""
+    o = ctx.options
+    return adaptive_sharpness_avg(ctx.model, ctx.x, ctx.y, rho=o.rho, batch_size=o.m_sharpness,
+                                  draws=o.mc_samples, seed=ctx.generator(ADAPTIVE_AVG_SALT).initial_seed())
+
+
+@register_measure("adaptive-sharpness-worst", family="sharpness", needs_data=True)
+def adaptive_sharpness_worst_measure(ctx) -> float:
+    """Adaptive worst-case m-sharpness E_B max_{‖δ/|w|‖∞ ≤ ρ} L_B(w + δ) − L_B(w), by APGD-lite."""
+    o = ctx.options
+    return adaptive_sharpness_worst(ctx.model, ctx.x, ctx.y, rho=o.rho, batch_size=o.m_sharpness,
+                                    steps=o.ascent_steps)
