@@ -1,0 +1,261 @@
+"""zoo.models: each variant's output map is its definition, the layer is CRATE's, the counts are the paper's."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.models import (ISTA, MSSA, NEEDS_SQUARE_HEADS, VARIANTS, CRATE, ModelConfig, build_model,
+                        count_parameters, make_output_map)
+from zoo.train import TrainConfig, make_optimizer, train_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # Tiny tensors: a second OpenMP thread only adds synchronisation (100x slower LayerNorms on a busy 2-core box).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(variant="crate", **kw):
+    args = dict(variant=variant, image_size=8, patch_size=4, channels=1, num_classes=10, dim=8, depth=2, heads=2)
+    args.update(kw)
+    return ModelConfig(**args)
+
+
+def by_hand_output_map(variant: str, mssa: MSSA, s: torch.Tensor) -> torch.Tensor:
+    """The output maps of SPEC's table, written out (row form: S is (B, N, K*p), W_qkv is (K*p, d))."""
+    w_qkv = mssa.qkv.weight
+    if variant == "crate-c":
+        return s @ w_qkv
+    if variant == "crate-n":
+        return -(s @ w_qkv)
+    if variant == "crate-t":
+        return s @ w_qkv.T
+    if variant == "crate-identity":
+        return s
+    lin = mssa.output_map.linear  # crate and crate-fix: W S + b in column form
+    return s @ lin.weight.T + lin.bias
+
+
+def head_dims(variant):
+    # the square variants need K*p = d; the others are also checked with K*p != d so a transpose cannot hide
+    return [None] if variant in NEEDS_SQUARE_HEADS else [None, 3]
+
+
+CASES = [(v, p) for v in VARIANTS for p in head_dims(v)]
+
+
+@pytest.mark.parametrize("variant,dim_head", CASES)
+def test_output_map_is_its_definition(variant, dim_head):
+    torch.manual_seed(0)
+    mssa = MSSA(tiny(variant, dim_head=dim_head)).double()
+    inner = mssa.heads * mssa.dim_head
+    s = torch.randn(3, 5, inner, dtype=torch.float64)
+    out = mssa.output_map(s, mssa.qkv.weight)
+    assert out.shape == (3, 5, 8)
+    torch.testing.assert_close(out, by_hand_output_map(variant, mssa, s), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant,dim_head", CASES)
+def test_mssa_forward_by_hand(variant, dim_head):
+    torch.manual_seed(1)
+    cfg = tiny(variant, dim_head=dim_head)
+    mssa = MSSA(cfg).double().eval()
+    b, n, k, p = 2, 5, cfg.heads, cfg.head_dim
+    x = torch.randn(b, n, cfg.dim, dtype=torch.float64)
+    w = x @ mssa.qkv.weight.T                                     # (B, N, K*p) = (U^T Z)^T
+    s = torch.empty(b, n, k * p, dtype=torch.float64)
+    for h in range(k):
+        wh = w[:, :, h * p:(h + 1) * p]                           # (B, N, p): head h
+        attn = torch.softmax(wh @ wh.transpose(1, 2) * p ** -0.5, dim=-1)
+        s[:, :, h * p:(h + 1) * p] = attn @ wh
+    torch.testing.assert_close(mssa(x), by_hand_output_map(variant, mssa, s), rtol=0, atol=1e-12)
+
+
+def test_mssa_temperature_replaces_one_over_sqrt_p():
+    torch.manual_seed(2)
+    cfg = tiny("crate-identity", heads=1, temperature=0.25)
+    mssa = MSSA(cfg).double()
+    x = torch.randn(1, 4, 8, dtype=torch.float64)
+    w = x @ mssa.qkv.weight.T
+    expected = torch.softmax(w @ w.transpose(1, 2) * 0.25, dim=-1) @ w
+    torch.testing.assert_close(mssa(x), expected, rtol=0, atol=1e-12)
+
+
+# --- crate-fix --------------------------------------------------------------------------------------------------
+
+def test_crate_fix_starts_at_crates_init():
+    """Same seed, same construction order: crate-fix is crate with its output matrix frozen at that init."""
+    torch.manual_seed(0)
+    a = CRATE(tiny("crate")).state_dict()
+    torch.manual_seed(0)
+    b = CRATE(tiny("crate-fix")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crate_fix_output_map_frozen_through_training():
+    from zoo.data import load_dataset
+
+    torch.manual_seed(0)
+    model = CRATE(tiny("crate-fix", dim=8, depth=1))
+    frozen = {n: p for n, p in model.named_parameters() if ".output_map." in n}
+    assert sorted(frozen) == ["layers.0.attn.output_map.linear.bias", "layers.0.attn.output_map.linear.weight"]
+    assert not any(p.requires_grad for p in frozen.values())
+    cfg = TrainConfig(lr=1e-2, batch_size=32, max_epochs=2, warmup_epochs=0, target_ce=0.0)
+    optimizer, _ = make_optimizer(model, cfg, steps_per_epoch=1)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not in_optimizer & {id(p) for p in frozen.values()}
+    assert len(in_optimizer) == sum(p.requires_grad for p in model.parameters())
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = load_dataset("digits", n_train=100, n_test=50)
+    metrics = train_model(model, data, cfg)
+    assert metrics["status"] == "done" and metrics["steps"] == 8
+    after = dict(model.named_parameters())
+    for name, value in before.items():
+        if name in frozen:
+            assert torch.equal(after[name], value), name           # bit-identical: no grad, no weight decay
+        else:
+            assert not torch.equal(after[name], value), name
+
+
+# --- parameter counts (paper-notes §3.6, §4.2) ------------------------------------------------------------------
+
+def layer_params(d):
+    # 2 LayerNorms + qkv (d^2) + to_out (d^2 + d) + dictionary D (d^2), with K*p = d
+    return 4 * d + d * d + (d * d + d) + d * d
+
+
+def formula(d, depth, image, patch, channels, classes, tied):
+    patch_dim = channels * patch * patch
+    n = (image // patch) ** 2
+    tokenizer = 2 * patch_dim + (patch_dim * d + d) + 2 * d + d + (n + 1) * d
+    head = 2 * d + d * classes + classes
+    return tokenizer + depth * (layer_params(d) - (d * d + d if tied else 0)) + head
+
+
+_built = {}
+
+
+@pytest.fixture(scope="module")
+def counts():
+    """(total, trainable) per (variant, image, patch, dim, classes); depth 12, 3 channels, heads 6 at d = 384."""
+    def get(variant, image, patch, dim, classes):
+        key = (variant, image, patch, dim, classes)
+        if key not in _built:
+            model = build_model(variant, image_size=image, patch_size=patch, channels=3, num_classes=classes,
+                                dim=dim, depth=12, heads=dim // 64)
+            _built[key] = (count_parameters(model), count_parameters(model, trainable_only=True))
+        return _built[key]
+    yield get
+    _built.clear()
+
+
+def test_crate_tiny_matches_paper_table_1(counts):
+    total, trainable = counts("crate", 224, 16, 384, 1000)
+    assert total == trainable == 6_090_856                          # Table 1: CRATE-Tiny 6.09M
+    assert total == formula(384, 12, 224, 16, 3, 1000, tied=False)
+    assert counts("crate", 224, 16, 384, 10)[0] == 5_709_706        # paper-notes §4.2: 5.710M with 10 classes
+
+
+@pytest.mark.parametrize("classes", [1000, 10])
+def test_variant_counts_at_crate_tiny(counts, classes):
+    full = counts("crate", 224, 16, 384, classes)[0]
+    saved = 12 * (384 * 384 + 384)                                  # depth * (d^2 + d): no to_out
+    assert saved == 12 * 147_840
+    for variant in ("crate-c", "crate-n", "crate-t", "crate-identity"):
+        assert counts(variant, 224, 16, 384, classes) == (full - saved, full - saved), variant
+    assert counts("crate-fix", 224, 16, 384, classes) == (full, full - saved)
+
+
+@pytest.mark.parametrize("image,patch,dim,learned,tied", [
+    (32, 4, 384, "5.381", "3.607"),
+    (32, 4, 768, "21.379", "14.292"),
+    (224, 16, 384, "5.710", "3.936"),
+    (224, 16, 768, "22.035", "14.948"),
+])
+def test_paper_notes_4_2_counts_10_classes(counts, image, patch, dim, learned, tied):
+    assert f"{counts('crate', image, patch, dim, 10)[0] / 1e6:.3f}" == learned
+    assert f"{counts('crate-c', image, patch, dim, 10)[0] / 1e6:.3f}" == tied
+
+
+# --- configuration errors ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", NEEDS_SQUARE_HEADS)
+def test_square_variants_reject_kp_not_d(variant):
+    with pytest.raises(ValueError, match=r"heads\*dim_head = dim; got 2\*3 = 6 != 8"):
+        CRATE(tiny(variant, dim_head=3))
+    CRATE(tiny("crate-c", dim_head=3))                              # the tied S W_qkv needs no square heads
+
+
+def test_unknown_variant_lists_allowed_names():
+    with pytest.raises(ValueError, match="crate-x") as err:
+        CRATE(tiny("crate-x"))
+    assert all(v in str(err.value) for v in VARIANTS)
+    with pytest.raises(ValueError, match="allowed: " + ", ".join(VARIANTS)):
+        make_output_map("crate-x", 8, 8)
+
+
+# --- features and subspaces -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_return_features(variant):
+    torch.manual_seed(3)
+    model = CRATE(tiny(variant, dim=16, heads=4, dropout=0.1)).eval()
+    x = torch.randn(5, 1, 8, 8)
+    logits, feats = model(x, return_features=True)
+    assert torch.equal(logits, model(x))
+    assert len(feats) == 2
+    torch.testing.assert_close(feats[0]["Z_in"], model.tokenizer(x), rtol=0, atol=0)
+    for layer, f in zip(model.layers, feats):
+        for key in ("Z_in", "Z_half", "Z_out"):
+            assert f[key].shape == (5, 4 + 1, 16), key              # 4 patches + cls token
+        assert (f["Z_out"] >= 0).all()                              # ISTA ends in a ReLU
+        with torch.no_grad():
+            mssa = layer.attn(layer.attn_norm(f["Z_in"]))
+            z_out = layer.ista(layer.ista_norm(f["Z_half"]))
+        torch.testing.assert_close(f["Z_half"] - f["Z_in"], mssa, rtol=1e-5, atol=1e-6)
+        assert torch.equal(f["Z_out"], z_out)                       # no skip around ISTA
+    assert torch.equal(feats[1]["Z_in"], feats[0]["Z_out"])
+    # the head reads the cls token of the last layer's output
+    assert torch.equal(logits, model.head(model.head_norm(feats[-1]["Z_out"][:, 0])))
+
+
+def test_subspaces_are_blocks_of_qkv():
+    torch.manual_seed(4)
+    model = CRATE(tiny("crate", dim=8, heads=2, dim_head=3))
+    u = model.subspaces()
+    assert u.shape == (2, 2, 8, 3)                                   # (depth, K, d, p)
+    for l, layer in enumerate(model.layers):
+        w = layer.attn.qkv.weight                                    # (K*p, d)
+        for k in range(2):
+            assert torch.equal(u[l, k], w[k * 3:(k + 1) * 3].T)
+
+
+# --- ISTA and tokenizer -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eta,lam", [(0.1, 0.1), (0.3, 0.05)])
+def test_ista_is_the_column_form_formula(eta, lam):
+    torch.manual_seed(5)
+    ista = ISTA(tiny(dim=6, heads=2, ista_step=eta, ista_lambda=lam)).double()
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    d = ista.weight.detach()
+    out = ista(x)
+    for b in range(2):
+        z = x[b].T.clone()                                           # (d, N): tokens as columns
+        expected = F.relu(z + eta * d.T @ (z - d @ z) - eta * lam)
+        torch.testing.assert_close(out[b], expected.T, rtol=0, atol=1e-12)
+
+
+def test_tokenizer_patch_order_is_cratess_rearrange():
+    """'b c (h p1) (w p2) -> b (h w) (p1 p2 c)': patch (i, j) row-major, its pixels (p1, p2, c) channel-fastest."""
+    torch.manual_seed(6)
+    tok = CRATE(tiny(channels=2, patch_size=4)).tokenizer
+    images = torch.randn(1, 2, 8, 8)
+    patches = tok.patches(images)
+    assert patches.shape == (1, 4, 32)
+    for i in range(2):
+        for j in range(2):
+            expected = [images[0, c, 4 * i + p1, 4 * j + p2] for p1 in range(4) for p2 in range(4) for c in range(2)]
+            assert torch.equal(patches[0, 2 * i + j], torch.stack(expected))
