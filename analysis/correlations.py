@@ -12,9 +12,11 @@ This package reads files only; it never imports ``zoo``, ``measures`` or ``bench
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -105,67 +107,207 @@ def select_models(models: pd.DataFrame, include_unreached: bool = False) -> tupl
 # The long correlation table
 # ---------------------------------------------------------------------------------------------------------------
 
-def _bootstrap_many(df: pd.DataFrame, statistics_fn: Callable[[pd.DataFrame], dict[str, float]], n_boot: int,
-                    level: float, seed: int, min_finite_fraction: float = 0.5) -> dict[str, tuple[float, float]]:
-    """``stats.bootstrap_ci`` for several statistics that one computation yields (every ψ_i and Ψ of one
-    ``granulated_kendall`` call): the same resamples for the same seed and the same interval rule, one call per
-    replicate instead of one per statistic. A test pins it to ``bootstrap_ci``."""
-    n = len(df)
-    names = list(statistics_fn(df))
+# Bootstrap replicates in multiplicity form. A resample of n models is the vector c of how often each model was drawn
+# (the same draws as stats.bootstrap_ci for the same seed). Every pair count that τ-b, ψ_i and CMI need is then a
+# quadratic form in c over the original models' pair matrices: a pair of distinct models (i, j) stands for c_i·c_j
+# pairs of the resample, a model drawn c_i times adds c_i(c_i − 1)/2 pairs tied in both measure and gap. So all
+# replicates of a measure come from a few matrix products instead of n_boot calls of the statistics (~100x faster
+# at 70 models). The point values always come from analysis.stats, and tests pin every replicate to stats on the
+# same resample.
+
+def _multiplicities(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n): how often each model is drawn in each resample; the draws of ``stats.bootstrap_ci``."""
+    rows = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    counts = np.zeros((n_boot, n))
+    np.add.at(counts, (np.repeat(np.arange(n_boot), n), rows.ravel()), 1.0)
+    return counts
+
+
+def _percentile_interval(replicates: np.ndarray, level: float, min_finite_fraction: float = 0.5) -> tuple[float, float]:
+    """``stats.bootstrap_ci``'s interval rule applied to given replicates."""
+    finite = replicates[np.isfinite(replicates)]
+    if finite.size < max(2, min_finite_fraction * replicates.size):
+        return math.nan, math.nan
+    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def _pair_signs(values: pd.Series) -> np.ndarray:
+    """(n, n) sign(v_i − v_j) on dense ranks, so ±inf compare like any value."""
+    ranks = np.unique(values.to_numpy(dtype=float), return_inverse=True)[1].ravel()
+    return np.sign(ranks[:, None] - ranks[None, :]).astype(float)
+
+
+def _quadratic(counts: np.ndarray, matrix: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Σ_{i,j} c_i M_ij c_j per resample (B,), or per group when ``groups`` (n, G one-hot) is given (B, G)."""
+    weighted = counts * (counts @ matrix)
+    return weighted.sum(axis=1) if groups is None else weighted @ groups
+
+
+def _tau_b(concordance, n_pairs, tied_x, tied_y) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = concordance / np.sqrt((n_pairs - tied_x) * (n_pairs - tied_y))
+    return np.where((tied_x < n_pairs) & (tied_y < n_pairs), tau, np.nan)
+
+
+def _tau_replicates(counts: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """τ-b of every resample, as ``stats.kendall_tau`` on it."""
+    n = counts.shape[1]
+    n_pairs = n * (n - 1) / 2
+    concordance = 0.5 * _quadratic(counts, sx * sy)
+    # ½(Σ_{i,j} c_i c_j [tie] − Σ c_i): tied pairs of distinct models plus c_i(c_i − 1)/2 copies of each model
+    tied_x = 0.5 * (_quadratic(counts, (sx == 0).astype(float)) - n)
+    tied_y = 0.5 * (_quadratic(counts, (sy == 0).astype(float)) - n)
+    return _tau_b(concordance, n_pairs, tied_x, tied_y)
+
+
+def _joint_codes(codes: list[np.ndarray], n: int) -> np.ndarray:
+    """One code 0..k−1 per distinct tuple of the given integer codes (all zeros for no codes)."""
+    if not codes:
+        return np.zeros(n, dtype=np.int64)
+    return np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)[1].ravel().astype(np.int64)
+
+
+def _one_hot(codes: np.ndarray) -> np.ndarray:
+    return (codes[:, None] == np.arange(int(codes.max(initial=-1)) + 1)[None, :]).astype(float)
+
+
+def _psi_replicates(counts: np.ndarray, sx: np.ndarray, sy: np.ndarray, group: np.ndarray,
+                    axis_codes: np.ndarray) -> np.ndarray:
+    """ψ_i of every resample, as ``stats.granulated_kendall`` on it; ``group`` codes every other axis and seed."""
+    onehot = _one_hot(group)                                              # (n, G)
+    same = group[:, None] == group[None, :]
+    sizes = counts @ onehot                                               # (B, G)
+    n_pairs = sizes * (sizes - 1) / 2
+    concordance = 0.5 * _quadratic(counts, sx * sy * same, onehot)
+    tied_x = 0.5 * (_quadratic(counts, ((sx == 0) & same).astype(float), onehot) - sizes)
+    tied_y = 0.5 * (_quadratic(counts, ((sy == 0) & same).astype(float), onehot) - sizes)
+    # a group is usable when the resample holds >= 2 distinct values of the axis in it
+    combo = _joint_codes([group, axis_codes], group.size)
+    combo_group = np.zeros(combo.max() + 1, dtype=np.int64)
+    combo_group[combo] = group
+    present = ((counts > 0).astype(float) @ _one_hot(combo)) > 0          # (B, combos)
+    varies = present.astype(float) @ _one_hot(combo_group) >= 2           # (B, G)
+    used = varies & (tied_y < n_pairs)
+    constant_measure = used & (tied_x == n_pairs)
+    taus = np.where(constant_measure, 0.0, _tau_b(concordance, n_pairs, tied_x, tied_y))
+    n_used = used.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        psi = np.where(used, taus, 0.0).sum(axis=1) / n_used
+    return np.where(n_used > 0, psi, np.nan)
+
+
+def _cmi_replicates(counts: np.ndarray, sx: np.ndarray, sy: np.ndarray, codes: dict[str, np.ndarray],
+                    max_conditioning: int = 2) -> np.ndarray:
+    """Conditional MI score of every resample, as ``stats.conditional_mi`` on it."""
+    from scipy import sparse
+
+    first, second = np.nonzero((sx != 0) & (sy != 0))       # ordered pairs of distinct models, untied
+    weight = counts[:, first] * counts[:, second]             # (B, P): copies of each pair in each resample
+    a = (sx[first, second] > 0).astype(np.int64)
+    b = (sy[first, second] > 0).astype(np.int64)
+    n_boot = counts.shape[0]
+    total = weight.sum(axis=1)[:, None, None, None]
+    pair_codes = {axis: c[first] * (int(c.max(initial=0)) + 1) + c[second] for axis, c in codes.items()}
+    ratios = []
+    axes = list(codes)
+    subsets = [s for size in range(min(max_conditioning, len(axes)) + 1) for s in itertools.combinations(axes, size)]
+    for subset in subsets:
+        cell = np.zeros(first.size, dtype=np.int64)
+        for axis in subset:
+            cell = np.unique(cell * (int(pair_codes[axis].max(initial=0)) + 1) + pair_codes[axis],
+                             return_inverse=True)[1].ravel()
+        n_cells = int(cell.max(initial=-1)) + 1
+        key = cell * 4 + a * 2 + b
+        indicator = sparse.csr_matrix((np.ones(first.size), (np.arange(first.size), key)),
+                                      shape=(first.size, 4 * max(n_cells, 1)))
+        n_ab = np.asarray(weight @ indicator).reshape(n_boot, max(n_cells, 1), 2, 2)
+        n_u = n_ab.sum(axis=(2, 3), keepdims=True)
+        n_a = n_ab.sum(axis=3, keepdims=True)
+        n_b = n_ab.sum(axis=2, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mi = np.where(n_ab > 0, n_ab / total * np.log(n_ab * n_u / (n_a * n_b)), 0.0).sum(axis=(1, 2, 3))
+            entropy = -np.where(n_b > 0, n_b / total * np.log(n_b / n_u), 0.0).sum(axis=(1, 2, 3))
+            ratios.append(np.where(entropy > 0, np.clip(mi / entropy, 0.0, 1.0), np.nan))
+    ratios = np.stack(ratios, axis=1)
+    finite = np.isfinite(ratios).any(axis=1)
+    return np.where(finite, np.nanmin(np.where(np.isfinite(ratios), ratios, np.inf), axis=1), np.nan)
+
+
+def _weighted_intervals(frame: pd.DataFrame, axes: tuple[str, ...], fixed: tuple[str, ...], n_boot: int,
+                        n_boot_cmi: int, level: float, seed: int) -> dict[str, tuple[float, float]]:
+    """Intervals of τ, every ψ_i, Ψ and CMI from the multiplicity-form replicates."""
+    nan = (math.nan, math.nan)
+    n = len(frame)
     if n == 0:
-        return {name: (math.nan, math.nan) for name in names}
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, n, size=(n_boot, n))
-    replicates = [statistics_fn(df.iloc[r].reset_index(drop=True)) for r in rows]
-    intervals = {}
-    for name in names:
-        values = np.array([rep[name] for rep in replicates], dtype=float)
-        finite = values[np.isfinite(values)]
-        if finite.size < max(2, min_finite_fraction * n_boot):
-            intervals[name] = (math.nan, math.nan)
-        else:
-            low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
-            intervals[name] = (float(low), float(high))
+        return {"tau": nan, "Psi": nan, "cmi": nan, **{f"psi:{axis}": nan for axis in axes}}
+    sx, sy = _pair_signs(frame[_MU]), _pair_signs(frame[_GAP])
+    counts = _multiplicities(n, n_boot, seed)
+    intervals = {"tau": _percentile_interval(_tau_replicates(counts, sx, sy), level)}
+    codes = {c: pd.factorize(frame[c], use_na_sentinel=False)[0].astype(np.int64) for c in (*axes, *fixed)}
+    psis = []
+    for axis in axes:
+        keys = [c for c in (*axes, *fixed) if c != axis]
+        psi = _psi_replicates(counts, sx, sy, _joint_codes([codes[k] for k in keys], n), codes[axis])
+        intervals[f"psi:{axis}"] = _percentile_interval(psi, level)
+        psis.append(psi)
+    if psis:
+        stacked = np.stack(psis, axis=1)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: Ψ is NaN there, as in stats
+            intervals["Psi"] = _percentile_interval(np.nanmean(stacked, axis=1), level)
+    else:
+        intervals["Psi"] = nan
+    if n_boot_cmi > 0:
+        cmi_counts = counts if n_boot_cmi == n_boot else _multiplicities(n, n_boot_cmi, seed)
+        # the (resamples x pairs) weights grow as n²: chunk the resamples to keep them near 160 MB at most
+        chunk = max(1, int(2e7 // (n * n)))
+        replicates = np.concatenate([_cmi_replicates(cmi_counts[i:i + chunk], sx, sy, {a: codes[a] for a in axes})
+                                     for i in range(0, n_boot_cmi, chunk)])
+        intervals["cmi"] = _percentile_interval(replicates, level)
+    else:
+        intervals["cmi"] = nan
     return intervals
 
 
-def _granulated_values(df: pd.DataFrame, axes: tuple[str, ...]) -> dict[str, float]:
-    result = granulated_kendall(df, _MU, _GAP, axes, fixed=_FIXED)
-    return {**{f"psi:{axis}": r.psi for axis, r in result.per_axis.items()}, "Psi": result.Psi}
+def _resampled_intervals(frame: pd.DataFrame, axes: tuple[str, ...], n_boot: int, n_boot_cmi: int, level: float,
+                         seed: int) -> dict[str, tuple[float, float]]:
+    """The same intervals by ``stats.bootstrap_ci`` over explicit resamples: the reference, ~100x slower."""
+    def ci(fn, n):
+        return bootstrap_ci(frame, fn, n_boot=n, level=level, seed=seed) if n > 0 else (math.nan, math.nan)
+
+    intervals = {"tau": ci(lambda d: kendall_tau(d[_MU], d[_GAP]), n_boot),
+                 "Psi": ci(lambda d: granulated_kendall(d, _MU, _GAP, axes, fixed=_FIXED).Psi, n_boot),
+                 "cmi": ci(lambda d: conditional_mi(d, _MU, _GAP, axes), n_boot_cmi)}
+    for axis in axes:
+        intervals[f"psi:{axis}"] = ci(lambda d: granulated_kendall(d, _MU, _GAP, axes, fixed=_FIXED).psi[axis],
+                                      n_boot)
+    return intervals
 
 
 def _measure_rows(frame: pd.DataFrame, width, measure: str, axes: tuple[str, ...], n_boot: int, n_boot_cmi: int,
-                  level: float, seed: int) -> list[dict]:
+                  level: float, seed: int, bootstrap: str) -> list[dict]:
     """The τ, ψ_i, Ψ and CMI rows of one measure in one width; ``frame`` holds only models with both values."""
-    n_models = len(frame)
-    row = {"width": width, "measure": measure, "n_models": n_models}
-    rows = []
+    fixed = tuple(c for c in _FIXED if c in frame.columns and c not in axes)
+    if bootstrap == "weighted":
+        cis = _weighted_intervals(frame, axes, fixed, n_boot, n_boot_cmi, level, seed)
+    else:
+        cis = _resampled_intervals(frame, axes, n_boot, n_boot_cmi, level, seed)
+    row = {"width": width, "measure": measure, "n_models": len(frame)}
 
-    tau = kendall_tau(frame[_MU], frame[_GAP])
-    tau_ci = bootstrap_ci(frame, lambda d: kendall_tau(d[_MU], d[_GAP]), n_boot=n_boot, level=level, seed=seed)
-    rows.append({**row, "statistic": "tau", "axis": "all", "value": tau, "ci_low": tau_ci[0], "ci_high": tau_ci[1],
-                 "n_groups": 1})
-
+    rows = [{**row, "statistic": "tau", "axis": "all", "value": kendall_tau(frame[_MU], frame[_GAP]),
+             "ci_low": cis["tau"][0], "ci_high": cis["tau"][1], "n_groups": 1}]
     granulated = granulated_kendall(frame, _MU, _GAP, axes, fixed=_FIXED)
-    cis = _bootstrap_many(frame, lambda d: _granulated_values(d, axes), n_boot, level, seed) if axes else {}
     for axis, r in granulated.per_axis.items():
         low, high = cis[f"psi:{axis}"]
         rows.append({**row, "statistic": "psi", "axis": axis, "value": r.psi, "ci_low": low, "ci_high": high,
                      "n_groups": r.n_groups})
-    low, high = cis.get("Psi", (math.nan, math.nan))
     used_groups = sum(r.n_groups for r in granulated.per_axis.values() if np.isfinite(r.psi))
-    rows.append({**row, "statistic": "Psi", "axis": "all", "value": granulated.Psi, "ci_low": low, "ci_high": high,
-                 "n_groups": used_groups})
-
-    cmi = conditional_mi(frame, _MU, _GAP, axes)
-    if n_boot_cmi > 0:
-        cmi_ci = bootstrap_ci(frame, lambda d: conditional_mi(d, _MU, _GAP, axes), n_boot=n_boot_cmi, level=level,
-                              seed=seed)
-    else:
-        cmi_ci = (math.nan, math.nan)
+    rows.append({**row, "statistic": "Psi", "axis": "all", "value": granulated.Psi, "ci_low": cis["Psi"][0],
+                 "ci_high": cis["Psi"][1], "n_groups": used_groups})
     n_sets = sum(math.comb(len(axes), k) for k in range(min(2, len(axes)) + 1))
-    rows.append({**row, "statistic": "cmi", "axis": "all", "value": cmi, "ci_low": cmi_ci[0], "ci_high": cmi_ci[1],
-                 "n_groups": n_sets})
+    rows.append({**row, "statistic": "cmi", "axis": "all", "value": conditional_mi(frame, _MU, _GAP, axes),
+                 "ci_low": cis["cmi"][0], "ci_high": cis["cmi"][1], "n_groups": n_sets})
     return rows
 
 
@@ -176,7 +318,7 @@ def _varied_axes(table: pd.DataFrame, axes: Sequence[str]) -> tuple[str, ...]:
 def correlation_table(models: pd.DataFrame, measures: pd.DataFrame, gap: str = "gap_loss",
                       axes: Sequence[str] = DEFAULT_AXES, include_unreached: bool = False, n_boot: int = 200,
                       seed: int = 0, n_boot_cmi: int | None = None, level: float = 0.95,
-                      n_jobs: int | None = 1) -> pd.DataFrame:
+                      bootstrap: str = "weighted", n_jobs: int | None = 1) -> pd.DataFrame:
     """Kendall τ, granulated ψ_i and Ψ, and CMI of every measure against the gap, separately for each width.
 
     Parameters
@@ -194,14 +336,21 @@ def correlation_table(models: pd.DataFrame, measures: pd.DataFrame, gap: str = "
     include_unreached : bool, default False
         Keep finished runs that did not reach the CE target (Jiang et al.'s protocol leaves them out).
     n_boot : int, default 200
-        Bootstrap resamples of the models (within the width) for the τ, ψ and Ψ intervals.
+        Bootstrap resamples of the models (within the width) for the intervals.
     seed : int, default 0
-        Seed of the resampling; every statistic and measure sees the same resamples (paired intervals).
+        Seed of the resampling; every statistic and measure sees the same resamples (paired intervals), the ones
+        ``stats.bootstrap_ci(..., n_boot, seed=seed)`` draws.
     n_boot_cmi : int or None, default None
-        Resamples for the CMI interval, which costs several times more per resample (every pair of models for up
-        to 11 conditioning sets); None = ``min(n_boot, 100)``; 0 = no CMI interval (NaN).
+        Resamples for the CMI interval; None = ``n_boot``; 0 = no CMI interval (NaN). CMI is the costly interval,
+        O(n_boot_cmi · n²) for n models in a width: ~0.05 s per measure at 70 models, ~20 s at 720; lower it for
+        zoos with many hundreds of models per width.
     level : float, default 0.95
         Coverage of the percentile intervals.
+    bootstrap : {"weighted", "resample"}, default "weighted"
+        How the replicates are computed. Both give the same intervals (a test checks it to 1e-12):
+        "resample" calls ``stats.bootstrap_ci`` with the statistics on each resampled table (the reference);
+        "weighted" computes every replicate at once from how often each model was drawn (see the module's
+        comment), about 100x faster: 144 models x 45 measures x 200 resamples in seconds instead of minutes.
     n_jobs : int or None, default 1
         Parallel processes over (width, measure) tasks, via joblib; -1 = all cores.
 
@@ -229,7 +378,7 @@ def correlation_table(models: pd.DataFrame, measures: pd.DataFrame, gap: str = "
     1       psi          lr  0.000000
     2       psi  batch_size  1.000000
     3       Psi         all  0.500000
-    4       cmi         all  0.000000
+    4       cmi         all  0.349978
     """
     axes = tuple(axes)
     required = ["run_id", "status", "reached_target", "width", gap, *axes]
@@ -243,7 +392,9 @@ def correlation_table(models: pd.DataFrame, measures: pd.DataFrame, gap: str = "
         raise ValueError(f"run_id(s) {list(duplicated[:5])} appear more than once in the measures table")
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    n_boot_cmi = min(n_boot, 100) if n_boot_cmi is None else int(n_boot_cmi)
+    n_boot_cmi = n_boot if n_boot_cmi is None else int(n_boot_cmi)
+    if bootstrap not in ("weighted", "resample"):
+        raise ValueError(f"bootstrap must be 'weighted' or 'resample', got {bootstrap!r}")
 
     kept, counts = select_models(models, include_unreached)
     measure_names = [c for c in measures.columns if c != "run_id"]
@@ -265,7 +416,7 @@ def correlation_table(models: pd.DataFrame, measures: pd.DataFrame, gap: str = "
             frame = frame.loc[frame[_MU].notna() & frame[_GAP].notna()].reset_index(drop=True)
             tasks.append((frame, _plain(width), measure, varied))
 
-    arguments = (n_boot, n_boot_cmi, level, seed)
+    arguments = (n_boot, n_boot_cmi, level, seed, bootstrap)
     if n_jobs in (None, 1) or len(tasks) < 2:
         results = [_measure_rows(*task, *arguments) for task in tasks]
     else:
@@ -276,7 +427,8 @@ def correlation_table(models: pd.DataFrame, measures: pd.DataFrame, gap: str = "
     table.attrs["counts"] = {**counts, "used_by_width": used_by_width}
     table.attrs["settings"] = {"gap": gap, "axes": list(axes), "varied_axes": varied_by_width,
                                "include_unreached": bool(include_unreached), "n_boot": int(n_boot),
-                               "n_boot_cmi": n_boot_cmi, "level": level, "seed": int(seed), "fixed": fixed}
+                               "n_boot_cmi": n_boot_cmi, "level": level, "seed": int(seed), "fixed": fixed,
+                               "bootstrap": bootstrap}
     return table
 
 
@@ -354,8 +506,8 @@ def read_zoo(zoo_dir: str | Path) -> ZooData:
 
 
 def analyze_zoo(zoo_dir: str | Path, gap: str = "gap_loss", include_unreached: bool = False, n_boot: int = 200,
-                seed: int = 0, log: Callable[[str], object] | None = print, n_boot_cmi: int | None = None,
-                n_jobs: int | None = -1) -> dict:
+                seed: int = 0, log: Callable[[str], object] | None = print, axes: Sequence[str] = DEFAULT_AXES,
+                n_boot_cmi: int | None = None, n_jobs: int | None = 1) -> dict:
     """Analyse a zoo directory: correlations, Kendall tables, plots and report, written beside the inputs.
 
     Writes ``correlations.csv`` (``correlation_table``'s long table), ``analysis_summary.json`` (model counts,
@@ -367,12 +519,12 @@ def analyze_zoo(zoo_dir: str | Path, gap: str = "gap_loss", include_unreached: b
     ----------
     zoo_dir : str or Path
         The zoo directory (see ``read_zoo`` for what it must hold).
-    gap, include_unreached, n_boot, seed, n_boot_cmi
+    gap, include_unreached, n_boot, seed, axes, n_boot_cmi
         As in ``correlation_table``.
     log : callable or None, default print
         Receives one line per stage.
-    n_jobs : int or None, default -1
-        Processes for the bootstrap (joblib; -1 = all cores).
+    n_jobs : int or None, default 1
+        Processes for the statistics (joblib; -1 = all cores); one is enough for a few hundred models.
 
     Returns
     -------
@@ -390,8 +542,9 @@ def analyze_zoo(zoo_dir: str | Path, gap: str = "gap_loss", include_unreached: b
         say(note)
 
     t0 = time.perf_counter()
-    correlations = correlation_table(data.models, data.measures, gap=gap, include_unreached=include_unreached,
-                                     n_boot=n_boot, seed=seed, n_boot_cmi=n_boot_cmi, n_jobs=n_jobs)
+    correlations = correlation_table(data.models, data.measures, gap=gap, axes=axes,
+                                     include_unreached=include_unreached, n_boot=n_boot, seed=seed,
+                                     n_boot_cmi=n_boot_cmi, n_jobs=n_jobs)
     counts = correlations.attrs["counts"]
     t_corr = time.perf_counter() - t0
     say(f"correlations: {correlations['measure'].nunique()} measures x {len(counts['used_by_width'])} width(s) "
@@ -400,10 +553,10 @@ def analyze_zoo(zoo_dir: str | Path, gap: str = "gap_loss", include_unreached: b
     tables.write_text_atomic(correlations_path, correlations.to_csv(index=False))
 
     t0 = time.perf_counter()
-    table_paths, kendall = tables.write_kendall_tables(correlations, data.info, directory / "tables")
+    table_paths, kendall = tables.write_kendall_tables(correlations, data.info, directory / "tables", gap=gap)
     say(f"tables: {len(table_paths)} files -> {directory / 'tables'}")
 
-    plot_result = plots.write_plots(data, correlations, directory / "plots", gap=gap)
+    plot_result = plots.write_plots(data, correlations, directory / "plots", gap=gap, tables=kendall)
     t_plots = time.perf_counter() - t0
     say(f"plots: {len(plot_result.paths)} files -> {directory / 'plots'} in {t_plots:.1f} s"
         + "".join(f"; {name} skipped" for name in plot_result.skipped))

@@ -32,8 +32,8 @@ def _add_profile(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def _add_workers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
-                   help="parallel worker processes (default: the number of CPU cores); torch threads per worker "
-                        "are set so workers x threads <= cores")
+                   help="parallel worker processes (default: the number of CPU cores); each trains on one torch "
+                        "thread, so results do not depend on this number")
 
 
 def build_parser() -> argparse.ArgumentParser:

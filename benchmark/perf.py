@@ -97,6 +97,43 @@ def perf_sigma_search(quick: bool) -> dict | None:
             "detail": f"vmap over Monte-Carlo parameter sets vs one draw at a time (sigma' {fast:.4g} vs {ref:.4g})"}
 
 
+def perf_ensemble_step(quick: bool) -> dict:
+    """One training step (forward + backward) of K models as one vmap-batched computation vs K plain steps.
+
+    This decides whether ensemble training pays off on this machine; the zoo runner trains one model per
+    process until it does."""
+    import copy
+    from torch.func import functional_call, grad, stack_module_state, vmap
+    k, bs, repeat = (3, 32, 5) if quick else (6, 64, 20)
+    torch.manual_seed(0)
+    models = [build_model("crate", image_size=8, patch_size=4, channels=1, num_classes=10, dim=32, depth=3,
+                          heads=4) for _ in range(k)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def loss(p, b, x, y):
+        return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
+
+    batched = vmap(grad(loss), randomness="different")
+    x, y = torch.randn(k, bs, 1, 8, 8), torch.randint(0, 10, (k, bs))
+
+    def plain():
+        grads = []
+        for i, m in enumerate(models):
+            m.zero_grad()
+            F.cross_entropy(m(x[i]), y[i]).backward()
+            grads.append(m.head.weight.grad.clone())
+        return grads
+    batched(params, buffers, x, y)
+    plain()
+    fast_s, g = _timed(lambda: batched(params, buffers, x, y), repeat=repeat)
+    ref_s, ref = _timed(plain, repeat=repeat)
+    agree = all(torch.allclose(g["head.weight"][i], ref[i], atol=1e-5) for i in range(k))
+    return {"task": f"ensemble training step ({k} models, batch {bs}, forward+backward)", "reference_s": ref_s,
+            "fast_s": fast_s, "agree": bool(agree),
+            "detail": "torch.func vmap over stacked parameters vs one model at a time"}
+
+
 def matmul_peak_gflops(size: int = 1024, repeat: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
@@ -127,7 +164,7 @@ def training_gflops(quick: bool) -> dict:
 def run_perf(out: Path, quick: bool = False, log=print) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
-    rows = [*perf_srr(quick), perf_sigma_search(quick)]
+    rows = [*perf_srr(quick), perf_sigma_search(quick), perf_ensemble_step(quick)]
     table = pd.DataFrame(rows)
     table["speedup"] = table["reference_s"] / table["fast_s"]
     table = table[["task", "reference_s", "fast_s", "speedup", "agree", "detail"]]

@@ -1,11 +1,15 @@
 """Compute registered measures on one model, one run directory, or every finished run of a zoo.
 
-Per run, values are cached in ``runs/<id>/measures.json`` together with the options and each measure's version,
-so a rerun computes only what is missing, new, or changed. A measure that fails on a model gives NaN and its
-error goes to ``measures_errors.log``; the other measures and models carry on.
+Per run, values are cached in ``runs/<id>/measures.json`` together with the options, the sha256 of the final
+checkpoint they were computed from and each measure's version, so a rerun computes only what is missing, new, or
+changed, and never serves values of other weights (a retrained or replaced checkpoint) or other options. A cache
+that is unreadable or does not match is reported in one line and recomputed. A measure that fails on a model (or
+gives a non-finite value) gives NaN and its error goes to ``measures_errors.log``; a run whose checkpoint cannot be
+loaded safely gives NaN for every measure, one line in the log, and no cache; the other measures and models carry on.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -49,8 +53,8 @@ def evaluate_measures(ctx: MeasureContext, names: list[str]) -> dict[str, dict]:
             value = measure(ctx)
             value = float(value) if np.ndim(value) == 0 else [float(v) for v in value]
             error = None
-            if isinstance(value, float) and not math.isfinite(value):
-                error = f"non-finite value {value}"
+            if isinstance(value, float) and not math.isfinite(value):  # an overflow is a NaN with its reason
+                value, error = float("nan"), f"non-finite value {value}"
         except Exception as err:  # one failing measure must not stop the rest
             value, error = float("nan"), f"{err.__class__.__name__}: {err}"
         out[name] = {"value": value, "error": error, "seconds": time.perf_counter() - start,
@@ -90,29 +94,70 @@ def compute(model_or_run_dir, names=None, *, init_state: dict | None = None, dat
 
 # ---------------------------------------------------------------------------------------------------------
 
+def checkpoint_digest(store: RunStore, run_id: str, checkpoint: str = "final") -> str | None:
+    """sha256 of the checkpoint file's bytes as they are now (None if it is missing): the key of the caches."""
+    try:
+        return hashlib.sha256(store.ckpt(run_id, checkpoint).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def read_cache(cache_path: Path, key: dict, notes: list[str]) -> dict | None:
+    """The cache at ``cache_path`` if its entries match ``key``; else None, with the reason appended to notes."""
+    if not cache_path.exists():
+        return None
+    try:
+        cached = read_json(cache_path)
+    except StoreError as err:
+        notes.append(f"{err}; recomputing")
+        return None
+    if not isinstance(cached, dict):
+        notes.append(f"{cache_path}: not a cache of this suite; recomputing")
+        return None
+    for field_name, value in key.items():
+        if cached.get(field_name) != value:
+            what = {"options": "other measure options",
+                    "checkpoint": "other weights than the run's ckpt/final.pt"}.get(field_name, field_name)
+            notes.append(f"{cache_path}: computed with {what}; recomputing")
+            return None
+    return cached
+
+
 def _run_measures(zoo_dir: str, run_id: str, names: list[str], options: dict, data_dir: str | None,
                   threads: int | None) -> dict:
-    """Compute the missing measures of one run and update its cache; returns the full cache entry."""
+    """Compute the missing measures of one run and update its cache; returns the full cache entry and notes
+    (one line per cache discarded or run that could not be loaded)."""
     if threads:
         torch.set_num_threads(threads)
     store = RunStore(zoo_dir)
     cache_path = store.run_dir(run_id) / "measures.json"
-    cache = {"options": options, "values": {}}
-    if cache_path.exists():
-        try:
-            old = read_json(cache_path)
-            if old.get("options") == options and isinstance(old.get("values"), dict):
-                cache = old
-        except StoreError:
-            pass  # corrupt cache: recompute
+    notes: list[str] = []
+
+    def untrusted(err: StoreError) -> dict:  # corrupt or foreign run: reported, NaN, nothing cached, never used
+        notes.append(f"{err}; run {run_id} gets NaN for every measure (retrain it: srrbench zoo)")
+        failed = {n: {"value": float("nan"), "error": f"StoreError: {err}", "seconds": float("nan"),
+                      "version": get_measure(n).version} for n in names}
+        return {"run_id": run_id, "computed": 0, "values": failed, "notes": notes}
+
+    try:
+        store.check_config(run_id)  # a config edited after training makes the run foreign, its cache too
+    except StoreError as err:
+        return untrusted(err)
+    key = {"options": options, "checkpoint": checkpoint_digest(store, run_id)}
+    cache = read_cache(cache_path, key, notes)
+    if cache is None or not isinstance(cache.get("values"), dict):
+        cache = {**key, "values": {}}
     todo = [n for n in names if n not in cache["values"]
             or cache["values"][n].get("version") != get_measure(n).version]
     if todo:
-        model, init_state, data = load_run(store, run_id, data_dir)
+        try:
+            model, init_state, data = load_run(store, run_id, data_dir)
+        except StoreError as err:
+            return untrusted(err)
         ctx = make_context(model, init_state, data, MeasureOptions.from_dict(options))
         cache["values"].update(evaluate_measures(ctx, todo))
         write_json(cache_path, cache)
-    return {"run_id": run_id, "computed": len(todo), "values": cache["values"]}
+    return {"run_id": run_id, "computed": len(todo), "values": cache["values"], "notes": notes}
 
 
 def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None, workers: int = 1,
@@ -145,6 +190,9 @@ def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None,
             bar.update(1)
     bar.close()
     by_run = {r["run_id"]: r for r in results}
+    for r in results:
+        for note in r.get("notes", ()):
+            log(f"measures: {note}")
     rows, errors, seconds = [], [], {n: [] for n in names}
     for run_id in run_ids:
         values = by_run[run_id]["values"]

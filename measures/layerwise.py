@@ -1,7 +1,9 @@
 """Layer-wise SRR of every saved checkpoint (init, chosen epochs, final) of every finished run.
 
 Writes ``layerwise.csv`` (run_id, variant, epoch, layer, srr, sparsity, rc, r); values are cached per run in
-``runs/<id>/layerwise.json`` with the options they were computed under.
+``runs/<id>/layerwise.json`` with the options and the final checkpoint's sha256 they were computed under. A run
+whose checkpoints cannot be loaded safely, or whose layer-wise SRR fails, is reported in one line and left out;
+the other runs carry on.
 """
 from __future__ import annotations
 
@@ -9,25 +11,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo.store import RunStore, StoreError, atomic_write_text, read_json, write_json
+from zoo.store import RunStore, atomic_write_text, write_json
 
-from .compute import load_run, make_context
+from .compute import checkpoint_digest, load_run, make_context, read_cache
 from .context import MeasureOptions
 from .srr import srr_per_layer
 
 COLUMNS = ["run_id", "variant", "epoch", "layer", "srr", "sparsity", "rc", "r"]
 
 
-def run_layerwise(store: RunStore, run_id: str, options: MeasureOptions, data_dir: str | None = None) -> list[dict]:
+def run_layerwise(store: RunStore, run_id: str, options: MeasureOptions, data_dir: str | None = None,
+                  notes: list[str] | None = None) -> list[dict]:
     cache_path = store.run_dir(run_id) / "layerwise.json"
-    if cache_path.exists():
-        try:
-            cached = read_json(cache_path)
-            if cached.get("options") == options.as_dict():
-                return cached["rows"]
-        except StoreError:
-            pass
-    variant = store.load_config(run_id).model.variant
+    variant = store.load_config(run_id).model.variant  # raises for a foreign config before any cache is served
+    key = {"options": options.as_dict(), "checkpoint": checkpoint_digest(store, run_id)}
+    cached = read_cache(cache_path, key, notes if notes is not None else [])
+    if cached is not None and isinstance(cached.get("rows"), list):
+        return cached["rows"]
     rows = []
     for epoch, path in store.saved_epochs(run_id):
         model, init_state, data = load_run(store, run_id, data_dir, checkpoint=path)
@@ -35,12 +35,12 @@ def run_layerwise(store: RunStore, run_id: str, options: MeasureOptions, data_di
         for layer in range(len(per_layer["srr"])):
             rows.append({"run_id": run_id, "variant": variant, "epoch": epoch, "layer": layer + 1,
                          **{k: float(per_layer[k][layer]) for k in ("srr", "sparsity", "rc", "r")}})
-    write_json(cache_path, {"options": options.as_dict(), "rows": rows})
+    write_json(cache_path, {**key, "rows": rows})
     return rows
 
 
 def layerwise_zoo(zoo_dir: str | Path, options: dict | None = None, data_dir: str | None = None,
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True, log=print) -> pd.DataFrame:
     zoo_dir = Path(zoo_dir)
     store = RunStore(zoo_dir)
     opts = MeasureOptions.from_dict(options or {})
@@ -49,7 +49,14 @@ def layerwise_zoo(zoo_dir: str | Path, options: dict | None = None, data_dir: st
     from tqdm.auto import tqdm
     rows = []
     for run_id in tqdm(run_ids, desc="layerwise", unit="model", disable=not progress or not run_ids):
-        rows.extend(run_layerwise(store, run_id, opts, data_dir))
+        notes: list[str] = []
+        try:
+            rows.extend(run_layerwise(store, run_id, opts, data_dir, notes))
+        except Exception as err:  # one run's corrupt checkpoint or failing SRR must not stop the others
+            first_line = next(iter(str(err).splitlines()), "")
+            notes.append(f"run {run_id} left out ({err.__class__.__name__}: {first_line})")
+        for note in notes:
+            log(f"layerwise: {note}")
     table = pd.DataFrame(rows, columns=COLUMNS)
     atomic_write_text(zoo_dir / "layerwise.csv", table.to_csv(index=False))
     return table

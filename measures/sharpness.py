@@ -1,42 +1,46 @@
 """Sharpness measures: Jiang's worst-case α′ bounds (measure-formulas §8.6) and adaptive m-sharpness (§8.7).
 
-Perturbation set: as in ``measures.pacbayes`` — every parameter of ``named_parameters()`` (frozen ones included)
+Perturbation set: as in ``measures.pacbayes``, every parameter of ``named_parameters()`` (frozen ones included)
 is perturbed, buffers never; the norms in the bounds use the weight-matrix vector (``ctx.weights()``), ω its
 length, m = ``ctx.n_train``. The model is never modified: perturbed parameter dicts go through
 ``torch.func.functional_call`` in eval mode.
 
-Worst-case α′ (Jiang "sharpness-*"). For a box |u_i| ≤ r_i, with r_i = α (plain) or α|w_i| + ε (magnitude-aware,
-ε = magnitude_eps), the adversary is projected sign-gradient ascent on the training cross-entropy of the whole
-fixed sample: a uniform random start inside the box, then ``ascent_steps`` steps u ← clip(u + (r/4)⊙sign∇_u CE,
-−r, r). The drop of the box is the largest accuracy drop over the iterates (start, every step, final), as an
-attack keeps its best point. α′ is the largest α whose drop ≤ target_drop, by the same bisection on [0, 2] as
-σ′. The start directions are drawn once per search from ``ctx.generator(salt)`` and rescaled to every α (common
-random numbers). Accuracy comes free with each ascent step's forward pass, so a step whose drop already exceeds
-target + tolerance ends that α early: the bisection's decision is then certain.
+Worst-case α′ (Jiang "sharpness-*"). For the box |u_i| ≤ r_i, with r_i = α (plain) or α|w_i| + ε (magnitude-aware;
+ε = ``options.sharpness_mag_eps``), the adversary is projected
+sign-gradient ascent on the mean training cross-entropy of the whole fixed sample: a uniform random start inside
+the box, then ``ascent_steps`` steps u ← clip(u + (r/4)⊙sign ∇_u CE, −r, r). The drop of a box is the largest
+accuracy drop over the iterates (start, every step, final), as an attack keeps its best point. α′ is the largest α
+whose drop ≤ target_drop, by the same bisection on [0, 2] as σ′. The start directions are drawn once per search
+from ``ctx.generator(salt)`` and rescaled to every α (common random numbers). Accuracy comes free with each ascent
+step's forward pass, so once the drop exceeds target + tolerance that α is abandoned: the bisection's decision is
+then certain, and clearly-too-large boxes cost one or two passes. A search whose every α fails returns the
+bisection floor 2/2^(search_steps+1) with a RuntimeWarning: with ε = 1e-3 the magnitude-aware box at α = 0
+(|u_i| ≤ ε on every parameter) already costs a trained digits CRATE ~20% accuracy, hence ``sharpness_mag_eps``.
 
-Bounds (the log term uses α′, where the memory-of-paper note writes log(m/σ); σ does not exist in this search):
+Bounds (the log term uses α′ where the memory-of-paper note writes log(m/σ): this search has no σ, and Jiang's
+bounds take the log of the scale that was searched):
 - sharpness-init      ‖w − w⁰‖²·log(2ω)/(4α′²) + log(m/α′) + 10
 - sharpness-orig      ‖w‖²·log(2ω)/(4α′²) + log(m/α′) + 10
 - sharpness-flatness  1/α′²
-- sharpness-mag-init  ¼ Σ_i log[(ε² + (α′² + 4 log(2ω))‖w − w⁰‖²/ω) / (ε² + α′²(w_i − w⁰_i)²)] + log(m/α′) + 10
+- sharpness-mag-init  ¼ Σ_i log[(ε² + (α′² + 4 log 2ω)‖w − w⁰‖²/ω) / (ε² + α′²(w_i − w⁰_i)²)] + log(m/α′) + 10
 - sharpness-mag-orig  the same with ‖w‖² and w_i² (origin prior, as pacbayes-mag-orig)
 - sharpness-mag-flatness  1/α′²
-The magnitude-aware bounds are the PAC-Bayes-mag bounds with σ′² replaced by α′²/(4 log 2ω)-style box-to-Gaussian
-scaling as recalled from Jiang et al. App. C (eqs. 62–64, not in any port read) [M]; they are monotone in α′ at
-fixed weights, which is what the rankings use.
+The magnitude-aware bounds are recalled from Jiang et al. App. C (no port implements them) [M]; at fixed weights
+they are decreasing in α′, which is what a ranking uses.
 
-Adaptive sharpness (Andriushchenko et al. 2023; Kwon et al. 2021). c = |w| (adaptive, all parameters),
+Adaptive sharpness (Andriushchenko et al. 2023; Kwon et al. 2021). c = |w| (adaptive, every parameter),
 ρ = options.rho, batches B of size m_sharpness taken in order from the fixed sample (a single batch when the
-sample is smaller), L_B the mean cross-entropy. Default geometry ℓ∞ (``ADAPTIVE_NORM``; "l2" is also
-implemented): it matches the box of the α′ search and keeps ρ = 0.05 a per-coordinate relative radius, whereas an
-ℓ2 ball of radius 0.05 over ~10⁵ coordinates is a vanishing per-coordinate move.
+sample is smaller; a trailing partial batch is dropped), L_B the mean cross-entropy. Default geometry ℓ2
+(``options.adaptive_norm``): with the default ρ = 0.05 the
+ℓ∞ ball moves every weight by 5% of itself, and the worst case inside it drives a trained digits CRATE to a
+loss near 10 (saturated, so it cannot rank models), while the ℓ2 ball gives graded values.
 - adaptive-sharpness-avg:   mean_B mean_j [L_B(w + δ_j) − L_B(w)], δ_j = ρ c⊙ξ_j with mc_samples draws per
-  batch, ξ ∼ U[−1, 1] (ℓ∞) or ξ = g/‖g‖₂, g ∼ N(0, I) (ℓ2); the draws are evaluated in one vmap.
+  batch, ξ = g/‖g‖₂, g ∼ N(0, I) over the whole parameter vector (ℓ2), or ξ ∼ U[−1, 1] (ℓ∞); one vmap per batch.
 - adaptive-sharpness-worst: mean_B max_{‖δ⊘c‖ ≤ ρ} L_B(w + δ) − L_B(w), by an APGD-lite of ``ascent_steps`` steps
-  in v = δ⊘c from v = 0: steepest-ascent steps (sign of the gradient for ℓ∞, normalised gradient for ℓ2), initial
-  step 2ρ, APGD's momentum 0.75, projection onto the ball, the step halved at APGD's checkpoints when fewer than
-  75% of the steps since the last checkpoint raised the loss or the best loss did not move (then restarting from
-  the best point); the best loss over all iterates is kept. No random restarts.
+  in v = δ⊘c from v = 0: steepest-ascent steps (normalised gradient for ℓ2, its sign for ℓ∞), initial step 2ρ,
+  APGD's momentum 0.75, projection onto the ball, the step halved at APGD's checkpoints when fewer than 75% of
+  the steps since the last checkpoint raised the loss or the best loss did not move (then restarting from the
+  best point); the best loss over all iterates is kept. No random restarts, so it needs no seed.
 """
 from __future__ import annotations
 
@@ -47,8 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .pacbayes import (bisect_largest, eval_mode, model_buffers, pacbayes_mag_bound, perturbable_parameters,
-                       weight_vector)
+from .pacbayes import (bisect_largest, correct_count, eval_mode, model_buffers, perturbable_parameters,
+                       warn_if_floor, weight_vector)
 from .registry import register_measure
 
 ALPHA_SALT = 8_601        # ctx.generator salt of the plain α′ search
@@ -56,7 +60,7 @@ MAG_ALPHA_SALT = 8_701    # ... of the magnitude-aware one
 ADAPTIVE_AVG_SALT = 8_801
 ALPHA_KEY = "sharpness/alpha"
 MAG_ALPHA_KEY = "sharpness/alpha-mag"
-ADAPTIVE_NORM = "linf"    # geometry of the adaptive-sharpness ball: "linf" or "l2" (module docstring)
+ADAPTIVE_NORM = "l2"      # geometry of the adaptive-sharpness ball: "l2" or "linf" (module docstring)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -96,27 +100,34 @@ def worst_case_drop(model: nn.Module, params: dict[str, torch.Tensor], radius: d
 
 
 def alpha_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int, target_drop: float = 0.1,
-                 steps: int = 15, tolerance: float = 0.01, ascent_steps: int = 10,
+                 search_steps: int = 15, search_tolerance: float = 0.01, ascent_steps: int = 10,
                  magnitude_eps: float | None = None) -> float:
     """α′: the largest box half-width whose worst-case accuracy drop is ≤ target_drop (module docstring)."""
     params = perturbable_parameters(model)
     g = torch.Generator().manual_seed(seed)
-    start = {name: 2 * torch.rand(w.shape, generator=g, dtype=w.dtype) - 1 for name, w in params.items()}
+    start = {name: (2 * torch.rand(w.shape, generator=g, dtype=w.dtype) - 1).to(w.device)
+             for name, w in params.items()}
     with eval_mode(model):
-        with torch.no_grad():
-            clean = int((functional_call(model, (params, model_buffers(model)), (x,)).argmax(-1) == y).sum())
+        clean = correct_count(model, params, x, y)
         return bisect_largest(
             lambda a: worst_case_drop(model, params, box_radius(params, a, magnitude_eps), start, x, y, clean,
-                                      steps=ascent_steps, stop_above=target_drop + tolerance),
-            target=target_drop, tolerance=tolerance, steps=steps)
+                                      steps=ascent_steps, stop_above=target_drop + search_tolerance),
+            target=target_drop, tolerance=search_tolerance, steps=search_steps)
+
+
+def box_eps(ctx) -> float:
+    """ε of the magnitude-aware box (options.sharpness_mag_eps)."""
+    return ctx.options.sharpness_mag_eps
 
 
 def _search(ctx, magnitude: bool) -> float:
     opts = ctx.options
     salt = MAG_ALPHA_SALT if magnitude else ALPHA_SALT
-    return alpha_search(ctx.model, ctx.x, ctx.y, seed=ctx.generator(salt).initial_seed(),
-                        target_drop=opts.target_drop, steps=opts.search_steps, tolerance=opts.search_tolerance,
-                        ascent_steps=opts.ascent_steps, magnitude_eps=opts.magnitude_eps if magnitude else None)
+    alpha = alpha_search(ctx.model, ctx.x, ctx.y, seed=ctx.generator(salt).initial_seed(),
+                         target_drop=opts.target_drop, search_steps=opts.search_steps,
+                         search_tolerance=opts.search_tolerance, ascent_steps=opts.ascent_steps,
+                         magnitude_eps=box_eps(ctx) if magnitude else None)
+    return warn_if_floor(alpha, opts.search_steps, "magnitude-aware α′" if magnitude else "α′")
 
 
 def alpha_prime(ctx) -> float:
@@ -171,16 +182,14 @@ def sharpness_mag_init(ctx) -> float:
     """Magnitude-aware worst-case sharpness bound around w⁰, box |u_i| ≤ α′|w_i| + ε."""
     w, w0 = _w_and_w0(ctx)
     d = w - w0
-    return sharpness_mag_bound(float((d ** 2).sum()), d, mag_alpha_prime(ctx), ctx.options.magnitude_eps,
-                               ctx.n_train)
+    return sharpness_mag_bound(float((d ** 2).sum()), d, mag_alpha_prime(ctx), box_eps(ctx), ctx.n_train)
 
 
 @register_measure("sharpness-mag-orig", family="sharpness", needs_data=True)
 def sharpness_mag_orig(ctx) -> float:
     """Magnitude-aware worst-case sharpness bound around the origin, box |u_i| ≤ α′|w_i| + ε."""
     w, _ = _w_and_w0(ctx)
-    return sharpness_mag_bound(float((w ** 2).sum()), w, mag_alpha_prime(ctx), ctx.options.magnitude_eps,
-                               ctx.n_train)
+    return sharpness_mag_bound(float((w ** 2).sum()), w, mag_alpha_prime(ctx), box_eps(ctx), ctx.n_train)
 
 
 @register_measure("sharpness-mag-flatness", family="sharpness", needs_data=True)
@@ -202,9 +211,10 @@ def sample_batches(x: torch.Tensor, y: torch.Tensor, m: int) -> list[tuple[torch
 def _ball_direction(shape_like: dict[str, torch.Tensor], n: int, norm: str, g: torch.Generator) -> dict:
     """n directions ξ with ‖ξ‖ = 1 in ``norm`` over the whole parameter vector (ℓ∞: U[−1, 1] per coordinate)."""
     if norm == "linf":
-        return {name: 2 * torch.rand((n, *w.shape), generator=g, dtype=w.dtype) - 1
+        return {name: (2 * torch.rand((n, *w.shape), generator=g, dtype=w.dtype) - 1).to(w.device)
                 for name, w in shape_like.items()}
-    xi = {name: torch.randn((n, *w.shape), generator=g, dtype=w.dtype) for name, w in shape_like.items()}
+    xi = {name: torch.randn((n, *w.shape), generator=g, dtype=w.dtype).to(w.device)
+          for name, w in shape_like.items()}
     total = torch.sqrt(sum((v.reshape(n, -1) ** 2).sum(1) for v in xi.values()))          # (n,)
     return {name: v / total.reshape(n, *([1] * (v.ndim - 1))) for name, v in xi.items()}
 
@@ -259,7 +269,7 @@ def _worst_batch(model, params, buffers, c, xb, yb, rho: float, steps: int, norm
         leaves = {k: (w + c[k] * v[k]).requires_grad_() for k, w in params.items()}
         loss = _loss(model, leaves, buffers, xb, yb)
         grads = torch.autograd.grad(loss, list(leaves.values()))
-        return float(loss), dict(zip(leaves, grads))
+        return float(loss.detach()), dict(zip(leaves, grads))
 
     with torch.no_grad():
         clean = float(_loss(model, params, buffers, xb, yb))
@@ -301,17 +311,23 @@ def adaptive_sharpness_worst(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return sum(values) / len(values)
 
 
+def adaptive_norm(ctx) -> str:
+    """Ball geometry (options.adaptive_norm, validated by MeasureOptions)."""
+    return ctx.options.adaptive_norm
+
+
 @register_measure("adaptive-sharpness-avg", family="sharpness", needs_data=True)
 def adaptive_sharpness_avg_measure(ctx) -> float:
-    """Adaptive average-case m-sharpness E_B E_δ[L_B(w + δ) − L_B(w)], ‖δ/|w|‖∞ ≤ ρ (Andriushchenko et al.)."""
+    """Adaptive average-case m-sharpness E_B E_δ[L_B(w + δ) − L_B(w)], ‖δ⊘|w|‖₂ = ρ (Andriushchenko et al.)."""
     o = ctx.options
     return adaptive_sharpness_avg(ctx.model, ctx.x, ctx.y, rho=o.rho, batch_size=o.m_sharpness,
-                                  draws=o.mc_samples, seed=ctx.generator(ADAPTIVE_AVG_SALT).initial_seed())
+                                  draws=o.mc_samples, seed=ctx.generator(ADAPTIVE_AVG_SALT).initial_seed(),
+                                  norm=adaptive_norm(ctx))
 
 
 @register_measure("adaptive-sharpness-worst", family="sharpness", needs_data=True)
 def adaptive_sharpness_worst_measure(ctx) -> float:
-    """Adaptive worst-case m-sharpness E_B max_{‖δ/|w|‖∞ ≤ ρ} L_B(w + δ) − L_B(w), by APGD-lite."""
+    """Adaptive worst-case m-sharpness E_B max_{‖δ⊘|w|‖₂ ≤ ρ} L_B(w + δ) − L_B(w), by APGD-lite."""
     o = ctx.options
     return adaptive_sharpness_worst(ctx.model, ctx.x, ctx.y, rho=o.rho, batch_size=o.m_sharpness,
-                                    steps=o.ascent_steps)
+                                    steps=o.ascent_steps, norm=adaptive_norm(ctx))

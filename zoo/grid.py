@@ -45,8 +45,8 @@ class RunConfig:
     train: TrainConfig
 
     def canonical(self) -> dict:
-        d = {"schema": SCHEMA_VERSION, "data": asdict(self.data), "model": asdict(self.model),
-             "train": asdict(self.train)}
+        d = {"schema": SCHEMA_VERSION, "data": _as_dict(self.data), "model": _as_dict(self.model),
+             "train": _as_dict(self.train)}
         d["train"]["checkpoint_epochs"] = list(self.train.checkpoint_epochs)
         return d
 
@@ -75,6 +75,17 @@ class RunConfig:
         train = dict(d["train"])
         train["checkpoint_epochs"] = tuple(train.get("checkpoint_epochs", ()))
         return cls(data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]), train=TrainConfig(**train))
+
+
+def _as_dict(cfg) -> dict:
+    """asdict with ints in float fields written as floats: TOML's `dropout = [0]` is the run of 0.0, same id."""
+    d = asdict(cfg)
+    for f in fields(cfg):
+        value = d[f.name]
+        is_float = f.type is float or str(f.type).startswith("float")  # annotations may be strings
+        if is_float and isinstance(value, int) and not isinstance(value, bool):
+            d[f.name] = float(value)
+    return d
 
 
 def config_hash(d: dict) -> str:
@@ -124,6 +135,7 @@ _MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name not in
                     ("variant", "image_size", "channels", "num_classes", "dim", "dropout"))
 _TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("lr", "batch_size", "seed"))
 _DATA_KEYS = tuple(f.name for f in fields(DataConfig))
+_ANALYSIS_KEYS = ("gap", "n_boot", "seed", "include_unreached")
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -170,10 +182,24 @@ def parse_profile(raw: dict, name: str = "profile", source: str = "") -> Profile
         raise ProfileError(f"profile key data.dataset must be a string, got {data['dataset']!r}")
     model = raw.get("model", {})
     _check_keys("model", model, _MODEL_KEYS)
+    for key in ("patch_size", "depth", "heads", "dim_head"):
+        _check_type(f"model.{key}", model.get(key), (int,), positive=True)
+    for key in ("ista_step", "ista_lambda", "temperature"):
+        _check_type(f"model.{key}", model.get(key), (int, float))
     train = dict(raw.get("train", {}))
     _check_keys("train", train, _TRAIN_KEYS)
+    for key in ("max_epochs", "eval_batch_size"):
+        _check_type(f"train.{key}", train.get(key), (int,), positive=True)
+    _check_type("train.warmup_epochs", train.get("warmup_epochs"), (int,))
+    for key in ("weight_decay", "target_ce", "label_smoothing"):
+        _check_type(f"train.{key}", train.get(key), (int, float))
     if "checkpoint_epochs" in train:
-        train["checkpoint_epochs"] = tuple(train["checkpoint_epochs"])
+        epochs = train["checkpoint_epochs"]
+        if not isinstance(epochs, list):
+            raise ProfileError(f"profile key train.checkpoint_epochs must be a list of epochs, got {epochs!r}")
+        for e in epochs:
+            _check_type("train.checkpoint_epochs", e, (int,), positive=True)
+        train["checkpoint_epochs"] = tuple(epochs)
     grid = dict(raw.get("grid", {}))
     _check_keys("grid", grid, GRID_AXES)
     defaults = {"variant": ["crate"], "lr": [1e-3], "batch_size": [64], "dropout": [0.0], "width": [32],
@@ -197,14 +223,23 @@ def parse_profile(raw: dict, name: str = "profile", source: str = "") -> Profile
         if len(set(values)) != len(values):
             raise ProfileError(f"profile key grid.{axis} repeats a value: {values}")
         grid[axis] = tuple(values)
-    for section in ("measures", "analysis"):
-        if not isinstance(raw.get(section, {}), dict):
-            raise ProfileError(f"profile section [{section}] must be a table")
+    if not isinstance(raw.get("measures", {}), dict):
+        raise ProfileError("profile section [measures] must be a table")
+    analysis = raw.get("analysis", {})
+    _check_keys("analysis", analysis, _ANALYSIS_KEYS)
+    if analysis.get("gap", "gap_loss") not in ("gap_loss", "gap_acc"):
+        raise ProfileError(f"profile key analysis.gap must be gap_loss or gap_acc, got {analysis['gap']!r}")
+    _check_type("analysis.n_boot", analysis.get("n_boot"), (int,), positive=True)
+    _check_type("analysis.seed", analysis.get("seed"), (int,))
+    if not isinstance(analysis.get("include_unreached", False), bool):
+        raise ProfileError(f"profile key analysis.include_unreached must be true or false")
     try:
         data_cfg = DataConfig(**data)
         # probe the fixed settings once so a bad value is reported before any training
-        ModelConfig(image_size=8, patch_size=model.get("patch_size", 2), dim=grid["width"][0],
-                    **{k: v for k, v in model.items() if k != "patch_size"})
+        # (image_size = patch_size: whether the patches tile the images depends on the dataset, see runs())
+        patch = model.get("patch_size", 2)
+        ModelConfig(image_size=patch, patch_size=patch, dim=grid["width"][0],
+                    **{k: v for k, v in model.items() if k != "patch_size"}).validate()
         TrainConfig(**train).validate()
     except (TypeError, ValueError) as err:
         raise ProfileError(f"profile {name!r}: {err}") from None

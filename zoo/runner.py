@@ -1,7 +1,10 @@
 """Build a zoo: train every run of a profile's grid, locally in parallel or on a Dask cluster, resumably.
 
 Rerunning the same command skips finished runs and continues unfinished ones from their last saved state. A run
-that fails or diverges is recorded with its error and never stops the build.
+that fails or diverges is recorded with its error and never stops the build. A finished run whose files are
+corrupt (unreadable metrics, a final checkpoint that fails its checksum or the safe loader) is reported in one line
+and retrained; a run directory whose config.json does not hash to its name is foreign: it is reported, set aside as
+``runs/<id>.corrupt-<time>`` and the run is trained afresh. Nothing found corrupt is ever used.
 """
 from __future__ import annotations
 
@@ -43,7 +46,13 @@ def init_model(cfg: RunConfig) -> CRATE:
     return CRATE(cfg.model)
 
 
-def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, threads: int | None = None,
+# Every run trains on one torch thread: the result then does not depend on --workers, Dask or a resume with
+# other settings (thread count changes float summation order), and for these small models one thread per
+# process is also the fastest use of the cores (workers default to the core count).
+TRAIN_THREADS = 1
+
+
+def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, threads: int | None = TRAIN_THREADS,
               log=print) -> dict:
     """Train one run of the store at ``root`` (or return its stored metrics if it is finished)."""
     if threads:
@@ -62,14 +71,21 @@ def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, thr
                        "traceback": traceback.format_exc(limit=5)}
         metrics = {**cfg.axes, "group_id": cfg.group_id, **metrics}
         store.write_metrics(run_id, metrics)
-        return {"run_id": run_id, **metrics}
+        # the resumable state goes only once metrics.json is written: a kill in between resumes at the last epoch
+        state_path = store.ckpt(run_id, "state")
+        for suffix in (".sha256", ""):
+            state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)
+        store.record_event(run_id, f"finish {metrics['status']}")
+        return {"run_id": run_id, **metrics, "trained": True}
 
 
 def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, log) -> dict:
     data = cached_dataset(cfg.data, data_dir)
     model = init_model(cfg)
     init_path = store.ckpt(run_id, "init")
-    if not init_path.exists():
+    try:  # the init weights are a function of the seed: a missing or corrupt copy is simply written again
+        load_checkpoint(init_path)
+    except StoreError:
         save_checkpoint(init_path, model.state_dict())
     resume = None
     state_path = store.ckpt(run_id, "state")
@@ -78,6 +94,7 @@ def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, l
             resume = load_checkpoint(state_path)
         except StoreError as err:
             log(f"[{run_id}] {err}; restarting this run from its initialisation")
+    store.record_event(run_id, f"resume epoch {resume['epoch']}" if resume else "start epoch 0")
     keep = set(cfg.train.checkpoint_epochs)
 
     def on_epoch(epoch: int, get_state, record: dict) -> None:
@@ -90,18 +107,12 @@ def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, l
     metrics = train_model(model, data, cfg.train, resume=resume, on_epoch=on_epoch)
     if metrics["status"] == "done":
         save_checkpoint(store.ckpt(run_id, "final"), model.state_dict())
-    for suffix in ("", ".sha256"):
-        state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)
     metrics["error"] = (f"non-finite loss or weights in epoch {metrics['diverged_epoch']}"
                         if metrics["status"] == "diverged" else "")
     return metrics
 
 
 # ---------------------------------------------------------------------------------------------------------
-
-def _local_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
-
 
 def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler: str | None = None,
               data_dir: str | None = None, progress: bool = True, log=print) -> dict:
@@ -111,7 +122,7 @@ def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler:
     atomic_write_text(out / "profile.toml", profile.source or "")
     runs = profile.runs(*dataset_shape(profile.data, data_dir))
     store = RunStore(out)
-    todo = [cfg for cfg in runs if not store.is_finished(store.prepare(cfg))]
+    todo = [cfg for cfg in runs if not _admit(store, cfg, log)]
     log(f"zoo {profile.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train "
         f"({'dask ' + scheduler if scheduler else f'{workers} worker(s)'})")
     start = time.perf_counter()
@@ -119,7 +130,8 @@ def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler:
                             progress=progress))
     table = write_models_csv(out, runs)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
-    summary = {"runs": len(runs), "trained": len(results), "skipped": len(runs) - len(todo),
+    summary = {"runs": len(runs), "trained": sum(bool(r.get("trained")) for r in results),
+               "skipped": len(runs) - len(todo),
                "done": counts.get("done", 0), "diverged": counts.get("diverged", 0),
                "failed": counts.get("failed", 0), "locked": sum(r.get("status") == "locked" for r in results),
                "reached_target": int(table["reached_target"].fillna(False).astype(bool).sum()) if len(table) else 0,
@@ -133,6 +145,35 @@ def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler:
     return summary
 
 
+def _admit(store: RunStore, cfg: RunConfig, log) -> bool:
+    """Prepare the run's directory for ``build_zoo``; True when the run is finished and intact (skip it).
+
+    Everything found corrupt is reported in one line naming the file, and never used: a config.json that does not
+    hash to its directory (a foreign or edited run) sets the directory aside and the run starts afresh; unreadable
+    metrics or a final checkpoint failing its checksum or the safe loader make a finished run train again.
+    """
+    run_id = cfg.run_id
+    try:
+        store.prepare(cfg)
+    except StoreError as err:
+        aside = store.set_aside(run_id)
+        log(f"{err}; set aside as {aside.name if aside else '(moved by another process)'}, retraining run {run_id}")
+        store.prepare(cfg)
+        return False
+    if store.is_finished(run_id):
+        return True
+    metrics_path = store.run_dir(run_id) / "metrics.json"
+    metrics = store.metrics(run_id)
+    if metrics_path.exists() and metrics is None:
+        log(f"{metrics_path}: unreadable or not this run's metrics; retraining run {run_id}")
+    elif metrics is not None and metrics["status"] == "done":
+        try:
+            load_checkpoint(store.ckpt(run_id, "final"))
+        except StoreError as err:
+            log(f"{err}; retraining run {run_id}")
+    return False
+
+
 def _execute(todo: list[RunConfig], out: Path, *, workers: int, scheduler: str | None, data_dir: str | None,
              progress: bool):
     from tqdm.auto import tqdm
@@ -140,14 +181,13 @@ def _execute(todo: list[RunConfig], out: Path, *, workers: int, scheduler: str |
     if scheduler:
         from dask.distributed import Client, as_completed
         with Client(scheduler) as client:
-            futures = client.map(train_run, todo, root=str(out), data_dir=data_dir, threads=1, pure=False)
+            futures = client.map(train_run, todo, root=str(out), data_dir=data_dir, pure=False)
             for future in as_completed(futures):
                 bar.update(1)
                 yield future.result()
     elif workers > 1:
         from joblib import Parallel, delayed
-        threads = _local_threads(workers)
-        jobs = (delayed(train_run)(cfg, str(out), data_dir, threads) for cfg in todo)
+        jobs = (delayed(train_run)(cfg, str(out), data_dir) for cfg in todo)
         for result in Parallel(n_jobs=workers, return_as="generator_unordered")(jobs):
             bar.update(1)
             yield result

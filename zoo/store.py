@@ -3,6 +3,7 @@
     OUT/runs/<run_id>/config.json      canonical config (its hash must equal the directory name)
                       metrics.json     written last: its presence means the run is finished
                       log.csv          one row per epoch
+                      events.log       one appended line per training start, resume and finish (host, pid)
                       ckpt/init.pt, ckpt/epoch-0005.pt, ckpt/final.pt   model weights
                       ckpt/state.pt    full resumable state (optimizer, scheduler, RNG), removed when done
                       *.sha256         checksum beside every checkpoint; a file without a matching one is corrupt
@@ -17,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -25,6 +27,14 @@ from pathlib import Path
 import torch
 
 from .grid import RunConfig
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+
+SET_ASIDE = ".corrupt-"  # run directories renamed <id>.corrupt-<time> were found untrustworthy and left for inspection
 
 
 class StoreError(RuntimeError):
@@ -92,12 +102,24 @@ def load_checkpoint(path: Path):
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as err:  # weights_only refuses any global it does not know: never executes it
-        raise StoreError(f"{path}: refused to load, not a plain tensor checkpoint ({err.__class__.__name__}: "
-                         f"{str(err).splitlines()[0]})") from None
+        # torch's message opens with advice to retry with weights_only=False; keep only what names the cause
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        cause = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        reason = (f"it refers to {found.group(1)}" if found else
+                  f"{err.__class__.__name__}: {cause.group(1) if cause else next(iter(text.splitlines()), '')}")
+        raise StoreError(f"{path}: refused to load, not a plain tensor checkpoint ({reason}); nothing in it was "
+                         f"run") from None
 
 
 class RunLock:
-    """An exclusive lock file per run; a lock left by a dead process on this host is taken over."""
+    """An exclusive lock file per run; a lock left by a dead process on this host is taken over.
+
+    The owner line is written to a private file first and hard-linked into place, so a lock appears whole or not at
+    all, even when its process is killed while taking it. Taking over a stale lock is serialised by ``flock`` on a
+    guard file (released by the kernel when its holder dies): two processes that find the same stale lock cannot
+    both remove it, the second removing the first's fresh lock.
+    """
 
     def __init__(self, path: Path):
         self.path = path
@@ -106,23 +128,57 @@ class RunLock:
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         owner = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if self._stale():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                return False
-            with os.fdopen(fd, "w") as f:
-                f.write(owner)
-            self.held = True
-            return True
-        return False
-
-    def _stale(self) -> bool:
+        mine = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}.{id(self)}.tmp")
+        mine.write_text(owner)
         try:
-            host, pid, _ = self.path.read_text().split()
+            for _ in range(3):
+                try:
+                    os.link(mine, self.path)
+                except FileExistsError:
+                    if self._take_over():
+                        continue
+                    return False
+                except OSError:  # a filesystem without hard links: exclusive create, then write
+                    if not self._create(owner):
+                        if self._take_over():
+                            continue
+                        return False
+                self.held = True
+                return True
+            return False
+        finally:
+            mine.unlink(missing_ok=True)
+
+    def _create(self, owner: str) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        return True
+
+    def _take_over(self) -> bool:
+        """Remove the lock if it is stale; True when the caller should try to take it again."""
+        if fcntl is None:  # no flock (Windows): takeovers are not serialised
+            return self._remove_if_stale()
+        with open(self.path.with_name(self.path.name + ".guard"), "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            return self._remove_if_stale()
+
+    def _remove_if_stale(self) -> bool:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return True  # released meanwhile: try again, without removing what someone may be creating now
+        if not self._stale(text):
+            return False
+        self.path.unlink(missing_ok=True)
+        return True
+
+    def _stale(self, text: str | None = None) -> bool:
+        try:
+            host, pid, _ = (self.path.read_text() if text is None else text).split()
         except (OSError, ValueError):
             # unreadable or half-written: stale only once it is old enough not to be mid-write
             return time.time() - self.path.stat().st_mtime > 60 if self.path.exists() else True
@@ -205,7 +261,7 @@ class RunStore:
 
     def is_finished(self, run_id: str) -> bool:
         m = self.metrics(run_id)
-        if m is None:
+        if m is None or m["status"] not in ("done", "diverged"):  # a failed run is reported, then retried
             return False
         if m["status"] == "done":  # a finished run's final weights must be intact too
             try:
@@ -215,9 +271,26 @@ class RunStore:
         return True
 
     def run_ids(self) -> list[str]:
+        """Ids of the run directories (directories set aside as corrupt are not runs)."""
         if not self.runs_dir.exists():
             return []
-        return sorted(p.name for p in self.runs_dir.iterdir() if (p / "config.json").exists())
+        return sorted(p.name for p in self.runs_dir.iterdir()
+                      if (p / "config.json").exists() and SET_ASIDE not in p.name)
+
+    def set_aside(self, run_id: str) -> Path | None:
+        """Rename a run directory that cannot be trusted to ``<id>.corrupt-<time>``, kept for inspection and
+        never read again; returns the new path (None if another process moved it first)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for n in range(100):
+            target = self.runs_dir / f"{run_id}{SET_ASIDE}{stamp}{f'-{n}' if n else ''}"
+            if target.exists():
+                continue
+            try:
+                os.rename(self.run_dir(run_id), target)
+            except FileNotFoundError:
+                return None
+            return target
+        raise StoreError(f"{self.run_dir(run_id)}: cannot set it aside, too many {SET_ASIDE} copies")
 
     # --- writing ------------------------------------------------------------------------------------
     def write_log(self, run_id: str, history: list[dict]) -> None:
@@ -231,6 +304,21 @@ class RunStore:
 
     def write_metrics(self, run_id: str, metrics: dict) -> None:
         write_json(self.run_dir(run_id) / "metrics.json", {"run_id": run_id, **metrics})
+
+    def record_event(self, run_id: str, event: str) -> None:
+        """Append ``<time> <host> <pid> <event>`` to the run's events.log: who trained what, and when. One small
+        O_APPEND write, so concurrent writers never interleave inside a line."""
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} {os.getpid()} {event}\n"
+        fd = os.open(self.run_dir(run_id) / "events.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def events(self, run_id: str) -> list[str]:
+        """The run's events.log lines (empty when it was never trained)."""
+        path = self.run_dir(run_id) / "events.log"
+        return path.read_text().splitlines() if path.exists() else []
 
     def read_log(self, run_id: str) -> list[dict]:
         path = self.run_dir(run_id) / "log.csv"

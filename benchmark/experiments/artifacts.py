@@ -4,13 +4,15 @@ Figures use matplotlib's Agg backend, so experiments run on machines without a d
 """
 from __future__ import annotations
 
-import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
 
 SMOKE_MEASURE_OPTIONS = {"n_samples": 64}
+# what the zoo experiments read from measures.csv: the SRR family (the other measures cost time and are not used)
+SRR_MEASURES = ("srr", "srr-last", "sparsity", "rc", "r", "rate-reduction")
 
 
 def pyplot():
@@ -55,8 +57,11 @@ def experiment_zoo(out: Path, zoo: Path | None, quick: bool, experiment: str, da
     from measures import compute_zoo
     from benchmark.profiles import resolve_profile
     zoo = Path(out) / "zoo"
-    build_zoo(resolve_profile("smoke"), zoo, workers=workers, data_dir=data_dir, progress=False, log=log)
-    compute_zoo(zoo, options=SMOKE_MEASURE_OPTIONS, workers=1, data_dir=data_dir, progress=False, log=log)
+    with torch_threads(1):   # tiny models: see run_jobs
+        build_zoo(resolve_profile("smoke"), zoo, workers=workers, data_dir=data_dir, progress=False, log=log)
+    with torch_threads(1):
+        compute_zoo(zoo, list(SRR_MEASURES), options=SMOKE_MEASURE_OPTIONS, workers=1, data_dir=data_dir,
+                    progress=False, log=log)
     return zoo
 
 
@@ -76,18 +81,33 @@ def measure_options_of(zoo: Path) -> dict:
     return {}
 
 
-def run_jobs(fn: Callable, jobs: Iterable[tuple], workers: int) -> list:
-    """``[fn(*job) for job in jobs]``, in order; with ``workers > 1`` in joblib processes that share the cores
-    (torch threads per worker = cores // workers), so each job's timing sees the same number of threads."""
+def run_jobs(fn: Callable, jobs: Iterable[tuple], workers: int, threads: int = 1) -> list:
+    """``[fn(*job) for job in jobs]``, in order; with ``workers > 1`` in joblib processes.
+
+    Every job runs with ``threads`` torch threads (restored afterwards in this process). One is the default: the
+    experiments' models are tiny, and on shared or oversubscribed cores a multi-threaded torch step was measured
+    20x slower than a single-threaded one (60 s vs 3 s for one 60-epoch digits run), which would also make the
+    recorded training times meaningless.
+    """
     jobs = list(jobs)
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(*job) for job in jobs]
+        return [_with_threads(fn, threads, job) for job in jobs]
     from joblib import Parallel, delayed
-    threads = max(1, (os.cpu_count() or 1) // workers)
     return Parallel(n_jobs=workers)(delayed(_with_threads)(fn, threads, job) for job in jobs)
 
 
-def _with_threads(fn: Callable, threads: int, job: tuple):
+@contextmanager
+def torch_threads(threads: int):
+    """Run the block with ``threads`` torch threads, then restore the previous number."""
     import torch
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    return fn(*job)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _with_threads(fn: Callable, threads: int, job: tuple):
+    with torch_threads(threads):
+        return fn(*job)

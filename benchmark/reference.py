@@ -1,0 +1,67 @@
+"""Plain sequential reference implementations, kept for the performance benchmark (``srrbench perf``).
+
+``sigma_search_sequential`` is the textbook σ′ search that ``measures.pacbayes.sigma_search`` replaces: a deep copy
+of the model whose weights are overwritten in place, one Monte-Carlo draw at a time, the whole sample in one
+forward pass, no early stopping. It follows the same bisection rule and regenerates the same random draws (the
+stream design in the ``measures.pacbayes`` docstring), so with the same ``seed`` both return the same σ′; the only
+possible difference is an argmax tie broken differently by the batched kernels, which moves the drop by 1/(S·M).
+
+Example (the σ′ behind ``pacbayes-*`` for a context ``ctx``)::
+
+    from measures.pacbayes import SIGMA_SALT, sigma_search
+    seed = ctx.generator(SIGMA_SALT).initial_seed()
+    fast = sigma_search(ctx.model, ctx.x, ctx.y, seed=seed)
+    slow = sigma_search_sequential(ctx.model, ctx.x, ctx.y, seed=seed)   # == fast, many times slower
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def sigma_search_sequential(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
+                            target_drop: float = 0.1, search_steps: int = 15, search_tolerance: float = 0.01,
+                            mc_samples: int = 10, magnitude_eps: float | None = None) -> float:
+    """σ′ (noise std) by bisection on [0, 2], evaluating one perturbed deep copy of ``model`` at a time.
+
+    Parameters
+    ----------
+    model : network to probe; untouched (the noise goes into a deep copy).
+    x, y : the fixed training sample, evaluated in one batch in eval mode.
+    seed : seeds the draws exactly as ``measures.pacbayes.sigma_search(..., seed=seed)`` does.
+    target_drop, search_steps, search_tolerance, mc_samples : the §8.4 rule (named as ``MeasureOptions``):
+        stop when |drop − target| < tolerance, else drop > target lowers the upper end to σ and anything else
+        raises the lower end to σ.
+    magnitude_eps : None for N(0, σ²) noise on every parameter; ε for N(0, σ²w² + ε²) (§8.5).
+
+    Returns
+    -------
+    float : σ′ in (0, 2].
+    """
+    work = copy.deepcopy(model).eval()
+    originals = {name: p.detach().clone() for name, p in work.named_parameters()}
+    seeds = torch.randint(0, 2 ** 62, (mc_samples,), generator=torch.Generator().manual_seed(seed)).tolist()
+    n = len(x)
+    with torch.no_grad():
+        clean = int((work(x).argmax(-1) == y).sum())
+        lo, hi = 0.0, 2.0
+        for _ in range(search_steps):
+            sigma = (lo + hi) / 2
+            correct = 0
+            for draw_seed in seeds:   # the same draws at every σ (common random numbers)
+                g = torch.Generator().manual_seed(draw_seed)
+                for name, p in work.named_parameters():
+                    w = originals[name]
+                    std = sigma if magnitude_eps is None else torch.sqrt(sigma ** 2 * w ** 2 + magnitude_eps ** 2)
+                    p.copy_(w + std * torch.randn(w.shape, generator=g, dtype=w.dtype).to(w.device))
+                correct += int((work(x).argmax(-1) == y).sum())
+            drop = (mc_samples * clean - correct) / (mc_samples * n)
+            if abs(drop - target_drop) < search_tolerance:
+                return sigma
+            if drop > target_drop:
+                hi = sigma
+            else:
+                lo = sigma
+    return (lo + hi) / 2

@@ -1,0 +1,215 @@
+"""analyze_zoo end to end on a small synthetic zoo directory: every file, the tables' order and marks, the report's
+content, and the same without the optional inputs (layer-wise table, training logs)."""
+import itertools
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.correlations import analyze_zoo
+from analysis.report import Bullets, Code, Heading, Paragraph, Table, render_html, render_markdown
+
+PROFILE = """# a test profile
+description = "synthetic zoo for the analysis tests"
+
+[train]
+max_epochs = 20
+target_ce = 0.02
+
+[grid]
+variant = ["crate", "crate-c"]
+width = [16, 32]
+"""
+# "fro_dist%" checks LaTeX escaping, "log-prod/margin" a file name with a slash
+MEASURES = ("srr", "fro_dist%", "log-prod/margin")
+
+
+def make_zoo(directory, with_optional=True):
+    """2 widths x 2 variants x 2 lr x 2 batch sizes = 16 models, plus 1 diverged, 1 failed, 1 short of the target."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (w, v, lr, bs) in enumerate(itertools.product((16, 32), ("crate", "crate-c"), (1e-3, 1e-2), (32, 64))):
+        rows.append({"run_id": f"run{i:02d}", "variant": v, "lr": lr, "batch_size": bs, "dropout": 0.0, "width": w,
+                     "depth": 2, "seed": 0, "dataset": "digits", "status": "done", "reached_target": True,
+                     "epochs": 10, "steps": 100, "seconds": 1.0, "train_loss": 0.01})
+    extra = [("diverged", False), ("failed", False), ("done", False)]
+    for j, (status, reached) in enumerate(extra):
+        rows.append({**rows[j], "run_id": f"extra{j}", "status": status, "reached_target": reached})
+    models = pd.DataFrame(rows)
+    models["gap_loss"] = rng.permutation(len(models)) / 20 + 0.2
+    models["test_loss"] = models["train_loss"] + models["gap_loss"]
+    models.loc[models["status"] == "failed", ["gap_loss", "test_loss"]] = np.nan
+    models["gap_acc"] = models["gap_loss"] / 10
+    models["group_id"], models["error"] = models["run_id"], ""
+    models.to_csv(directory / "models.csv", index=False)
+
+    gap = models["gap_loss"].fillna(0)
+    pd.DataFrame({"run_id": models["run_id"], "srr": -gap + rng.normal(0, 0.05, len(gap)),
+                  "fro_dist%": gap + rng.normal(0, 0.05, len(gap)), "log-prod/margin": rng.normal(size=len(gap))}
+                 ).to_csv(directory / "measures.csv", index=False)
+    pd.DataFrame({"measure": MEASURES, "family": ["srr", "norm", "spectral"], "higher_is_complex": [True, True, True],
+                  "description": ["sparse rate reduction", "distance to init", "spectral product over margin"],
+                  "version": [1, 1, 1]}).to_csv(directory / "measures_info.csv", index=False)
+    (directory / "measures_options.json").write_text(json.dumps({"eps2": 0.5, "n_samples": 64}))
+    (directory / "profile.toml").write_text(PROFILE)
+    if with_optional:
+        layerwise = [{"run_id": r["run_id"], "variant": r["variant"], "epoch": e, "layer": layer,
+                      "srr": 10 - layer - e / 5, "sparsity": 5.0, "rc": 2.0, "r": 3.0}
+                     for r in rows[:8] for e in (0, 5, 10) for layer in range(2)]
+        pd.DataFrame(layerwise).to_csv(directory / "layerwise.csv", index=False)
+        for run_id in ("run00", "run02"):
+            run_dir = directory / "runs" / run_id
+            run_dir.mkdir(parents=True)
+            epoch = np.arange(1, 11)
+            train = 2.0 * np.exp(-epoch / 2)
+            pd.DataFrame({"epoch": epoch, "step": epoch * 10, "lr": 1e-3, "seconds": epoch * 0.1,
+                          "train_loss": train, "train_acc": 1 - train / 3, "test_loss": train + 0.4,
+                          "test_acc": 0.8}).to_csv(run_dir / "log.csv", index=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    directory = make_zoo(tmp_path_factory.mktemp("zoo"))
+    lines = []
+    result = analyze_zoo(directory, n_boot=20, log=lines.append)
+    return directory, result, lines
+
+
+def psi_column(markdown_table: str) -> list[float]:
+    lines = [line for line in markdown_table.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    index = header.index("Ψ [95% CI]")
+    values = []
+    for line in lines[2:]:
+        cell = line.strip("|").split("|")[index].strip().strip("*")
+        values.append(float(cell.split(" ")[0]))
+    return values
+
+
+def test_every_file_is_written(analysed):
+    directory, result, _ = analysed
+    expected = ["correlations.csv", "analysis_summary.json", "report.md", "report.html"]
+    expected += [f"tables/kendall_width{w}.{ext}" for w in (16, 32) for ext in ("csv", "md", "tex")]
+    stems = ["scatter_srr", "scatter_fro_dist_", "scatter_log-prod-over-margin", "scatter_grid",
+             "psi_heatmap_width16", "psi_heatmap_width32", "layerwise_srr", "training_curves"]
+    expected += [f"plots/{stem}.{ext}" for stem in stems for ext in ("png", "pdf")]
+    for name in expected:
+        assert (directory / name).is_file(), name
+    assert (directory / "plots/scatter_srr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (directory / "plots/scatter_srr.pdf").read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in result["plots"]) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
+    assert result["skipped"] == {}
+    assert not list(directory.rglob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_correlations_csv_is_the_long_table(analysed):
+    directory, _, _ = analysed
+    table = pd.read_csv(directory / "correlations.csv")
+    assert list(table.columns) == ["width", "measure", "statistic", "axis", "value", "ci_low", "ci_high",
+                                   "n_models", "n_groups"]
+    assert set(table["width"]) == {16, 32}
+    assert set(table["measure"]) == set(MEASURES)
+    # 8 models per width reached the target; the diverged, failed and short runs are out
+    assert set(table["n_models"]) == {8}
+
+
+def test_markdown_table_is_sorted_by_psi_and_marks_srr(analysed):
+    directory, _, _ = analysed
+    for width in (16, 32):
+        markdown = (directory / f"tables/kendall_width{width}.md").read_text()
+        psi = psi_column(markdown)
+        assert len(psi) == 3 and psi == sorted(psi, reverse=True)
+        srr_rows = [line for line in markdown.splitlines() if line.startswith("| **srr**")]
+        assert len(srr_rows) == 1 and "**srr**" in srr_rows[0]
+        assert not any("**" in line for line in markdown.splitlines() if "fro\\_dist" in line or "fro_dist" in line)
+        csv = pd.read_csv(directory / f"tables/kendall_width{width}.csv")
+        assert list(csv["Psi"]) == sorted(csv["Psi"], reverse=True)
+        assert dict(zip(csv["measure"], csv["is_srr"])) == {"srr": True, "fro_dist%": False, "log-prod/margin": False}
+        assert {"family", "higher_is_complex", "Psi_ci_low", "Psi_ci_high", "tau", "cmi",
+                "psi_lr", "psi_variant", "psi_batch_size"} <= set(csv.columns)
+
+
+def test_srr_built_against_the_gap_comes_out_negative(analysed):
+    # srr = −gap + small noise and fro_dist% = gap + small noise: signs are kept, not flipped
+    directory, _, _ = analysed
+    csv = pd.read_csv(directory / "tables/kendall_width16.csv").set_index("measure")
+    assert csv.loc["srr", "tau"] < -0.5 < 0.5 < csv.loc["fro_dist%", "tau"]
+    assert list(csv.index) == ["fro_dist%", "log-prod/margin", "srr"]
+
+
+def test_latex_table_escapes_names_and_uses_booktabs(analysed):
+    directory, _, _ = analysed
+    tex = (directory / "tables/kendall_width16.tex").read_text()
+    assert r"fro\_dist\%" in tex and "fro_dist%" not in tex
+    assert r"\textbf{srr}" in tex
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert tex.count(rule) == 1
+    assert r"$\psi_{\textrm{batch\_size}}$" in tex
+
+
+def test_report_holds_counts_tables_plots_and_profile(analysed):
+    directory, _, lines = analysed
+    report = (directory / "report.md").read_text()
+    assert PROFILE.strip() in report
+    assert "Models in the zoo: **19** (diverged: 1, done: 17, failed: 1)" in report
+    assert "Excluded from the analysis: **3** (not reached: 1, diverged: 1, failed: 1)" in report
+    assert "Finished runs that reached the CE target (train CE ≤ 0.02): **16**" in report
+    assert "| 16 | 8 |" in report  # gap spread row of width 16
+    assert "### Width 16" in report and "### Width 32" in report
+    assert "| **srr** |" in report
+    for image in ("plots/scatter_srr.png", "plots/scatter_grid.png", "plots/psi_heatmap_width16.png",
+                  "plots/layerwise_srr.png", "plots/training_curves.png"):
+        assert f"]({image})" in report
+    assert '"eps2": 0.5' in report
+    assert "How to read this" in report
+    assert any(line.startswith("report:") for line in lines)
+
+    page = (directory / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert '<img src="plots/scatter_srr.png"' in page
+    assert '<table class="kendall">' in page and '<tr class="srr">' in page
+    assert "[grid]\nvariant = [&quot;crate&quot;, &quot;crate-c&quot;]" in page  # the profile, escaped, verbatim
+    assert "**" not in page
+
+
+def test_rerun_without_optional_inputs_skips_those_plots_and_says_so(analysed, tmp_path):
+    directory = tmp_path / "zoo"
+    shutil.copytree(analysed[0], directory)  # an analysed zoo, outputs included
+    assert (directory / "plots/layerwise_srr.png").exists()
+    (directory / "layerwise.csv").unlink()
+    for log in directory.glob("runs/*/log.csv"):
+        log.unlink()
+
+    result = analyze_zoo(directory, n_boot=10, log=None)
+    assert not (directory / "layerwise.csv").exists()
+    assert set(result["skipped"]) == {"layerwise_srr", "training_curves"}
+    # the rerun replaced the report and removed the figures it no longer makes
+    assert not (directory / "plots/layerwise_srr.png").exists()
+    assert not (directory / "plots/training_curves.pdf").exists()
+    assert (directory / "plots/scatter_srr.png").exists()
+    report = (directory / "report.md").read_text()
+    assert "Skipped: no layerwise.csv in the zoo directory." in report
+    assert "Skipped: no runs/*/log.csv in the zoo directory." in report
+    assert "plots/layerwise_srr.png" not in report
+
+
+def test_missing_required_input_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="models.csv"):
+        analyze_zoo(tmp_path, log=None)
+
+
+def test_renderers_agree_on_a_small_page():
+    blocks = [Heading(1, "T"), Paragraph("a `b` **c**"), Bullets(("x", "y")), Table(("k", "v"), (("a|b", "1"),),
+                                                                                  (False, True)),
+              Code("x = ```\n")]
+    markdown = render_markdown(blocks)
+    assert markdown.startswith("# T\n\na `b` **c**\n\n- x\n- y\n\n| k | v |\n|:---|---:|\n| a\\|b | 1 |")
+    assert "````\nx = ```\n````" in markdown  # a fence longer than any backtick run inside
+    page = render_html(blocks, "T")
+    assert "<p>a <code>b</code> <strong>c</strong></p>" in page
+    assert '<td class="num">1</td>' in page and "<pre><code>x = ```</code></pre>" in page
+    assert re.search(r"<title>T</title>", page)

@@ -1,0 +1,237 @@
+"""Bad input to `srrbench`: each mistake ends in exactly one line on stderr, "srrbench: error: ...", naming the input
+and what is allowed, with exit code 2 and no traceback; --debug shows the traceback instead. Nothing is trained
+before a profile's error is found.
+"""
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from zoo.grid import ProfileError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BASE = """
+description = "cli error tests"
+[data]
+dataset = "digits"
+n_train = 100
+n_test = 50
+[model]
+patch_size = 4
+depth = 1
+heads = 2
+[train]
+max_epochs = 1
+[grid]
+variant = ["crate", "crate-c"]
+lr = [0.01]
+batch_size = [32]
+width = [16]
+[measures]
+names = ["l2", "srr"]
+n_samples = 16
+[analysis]
+n_boot = 5
+"""
+
+
+def edit(old, new):
+    assert old in BASE, old
+    return BASE.replace(old, new, 1)
+
+
+# (profile text, words the one error line must contain)
+BAD_PROFILES = {
+    "unknown key": (edit("max_epochs = 1", "max_epoch = 1"), ["train.max_epoch", "allowed in [train]", "max_epochs"]),
+    "unknown section": ("[optimizer]\nname = 'sgd'\n" + BASE, ["optimizer", "allowed in [top level]", "grid"]),
+    "unknown grid axis": (edit("width = [16]", "width = [16]\ndepth = [1, 2]"), ["grid.depth", "allowed in [grid]"]),
+    "string for a number": (edit("lr = [0.01]", 'lr = ["fast"]'), ["grid.lr", "int or float", "'fast'"]),
+    "string for an int": (edit("heads = 2", 'heads = "two"'), ["model.heads", "must be int", "'two'"]),
+    "float for an int": (edit("max_epochs = 1", "max_epochs = 1.5"), ["train.max_epochs", "must be int"]),
+    "bool for an int": (edit("width = [16]", "width = [true]"), ["grid.width", "must be int", "True"]),
+    "zero batch size": (edit("batch_size = [32]", "batch_size = [0]"), ["grid.batch_size", "positive", "0"]),
+    "negative width": (edit("width = [16]", "width = [-16]"), ["grid.width", "positive", "-16"]),
+    "zero depth": (edit("depth = 1", "depth = 0"), ["model.depth", "positive"]),
+    "negative lr": (edit("lr = [0.01]", "lr = [-0.01]"), ["grid.lr", "positive", "-0.01"]),
+    "zero subset": (edit("n_train = 100", "n_train = 0"), ["data.n_train", "positive"]),
+    "empty axis": (edit("lr = [0.01]", "lr = []"), ["grid.lr", "empty"]),
+    "dropout of 1": (edit("width = [16]", "width = [16]\ndropout = [1.0]"), ["grid.dropout", "[0, 1)"]),
+    "unknown variant": (edit('"crate-c"]', '"crate-x"]'), ["grid.variant", "crate-x", "crate-identity"]),
+    "crate-t heads*dim_head != dim": (edit('"crate-c"]', '"crate-t"]').replace("heads = 2", "heads = 2\ndim_head = 4"),
+                                      ["crate-t", "heads*dim_head = dim", "2*4 = 8 != 16"]),
+    "crate-identity heads*dim_head != dim": (edit('"crate-c"]', '"crate-identity"]').replace(
+        "heads = 2", "heads = 4\ndim_head = 2"), ["crate-identity", "heads*dim_head = dim", "4*2 = 8 != 16"]),
+    "patches do not tile": (edit("patch_size = 4", "patch_size = 3"), ["patch_size 3", "image_size 8"]),
+    "single class": (edit("n_test = 50", "n_test = 50\nnum_classes = 1"), ["num_classes=1", "between 2 and 10"]),
+    "subset larger than the data": (edit("n_train = 100", "n_train = 5000"), ["n_train=5000", "images available"]),
+    "unknown dataset": (edit('dataset = "digits"', 'dataset = "imagenet"'), ["imagenet", "digits, cifar10"]),
+    "real dataset without a data dir": (edit('dataset = "digits"', 'dataset = "mnist"'),
+                                        ["mnist", "--data-dir is required", "train-images-idx3-ubyte"]),
+    "unknown measure": (edit('names = ["l2", "srr"]', 'names = ["l2", "srr-typo"]'),
+                        ["unknown measure 'srr-typo'", "available:", "path-norm"]),
+    "unknown measure option": (edit("n_samples = 16", "n_samples = 16\nepsilon = 0.5"),
+                               ["epsilon", "allowed:", "eps_sq"]),
+    "measure option of the wrong type": (edit("n_samples = 16", 'n_samples = "16"'),
+                                         ["measure option n_samples", "must be int", "'16'"]),
+    "non-positive measure option": (edit("n_samples = 16", "n_samples = 16\nmc_samples = 0"),
+                                    ["mc_samples", "positive"]),
+    "measure names not a list": (edit('names = ["l2", "srr"]', "names = 3"), ["measures.names", "list"]),
+    "unknown analysis key": (edit("n_boot = 5", "n_boot = 5\nlevel = 0.9"), ["analysis.level", "gap, n_boot, seed"]),
+    "unknown gap": (edit("n_boot = 5", 'n_boot = 5\ngap = "gap_mse"'), ["analysis.gap", "gap_mse", "gap_loss"]),
+    "invalid toml": (BASE + "\n[grid\n", ["invalid TOML", "line"]),
+}
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, words):
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("srrbench: error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize("case", list(BAD_PROFILES))
+def test_bad_profile_is_one_line_exit_2_and_trains_nothing(case, tmp_path, capsys):
+    text, words = BAD_PROFILES[case]
+    profile = tmp_path / "bad.toml"
+    profile.write_text(text)
+    code, _, err = run_cli(capsys, "run", "--profile", str(profile), "--out", str(tmp_path / "out"), "--workers", "1",
+                           "--quiet")
+    assert_one_line_error(code, err, words)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_unknown_profile_name_lists_the_builtin_ones(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "zoo", "--profile", "smok", "--out", str(tmp_path))
+    assert_one_line_error(code, err, ["unknown profile 'smok'", "smoke", "default", ".toml"])
+
+
+def test_missing_profile_file_is_named(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "zoo", "--profile", str(tmp_path / "nope.toml"), "--out", str(tmp_path))
+    assert_one_line_error(code, err, [str(tmp_path / "nope.toml"), "does not exist"])
+
+
+# --- data directories ------------------------------------------------------------------------------------------
+
+def idx(array: np.ndarray, magic: int) -> bytes:
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist(directory: Path, labels_train, labels_test) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, labels in (("train", labels_train), ("t10k", labels_test)):
+        labels = np.asarray(labels, dtype=np.uint8)
+        images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
+        (directory / f"{prefix}-images-idx3-ubyte").write_bytes(idx(images, 0x803))
+        (directory / f"{prefix}-labels-idx1-ubyte").write_bytes(idx(labels, 0x801))
+
+
+def wrong_files(d: Path):
+    d.mkdir()
+    (d / "data_batch_1").write_bytes(b"not mnist")
+    (d / "readme.txt").write_text("hello")
+
+
+def single_class(d: Path):
+    write_mnist(d, [3] * 20, [3] * 10)
+
+
+def empty(d: Path):
+    write_mnist(d, [], [])
+
+
+def truncated(d: Path):
+    write_mnist(d, list(range(10)) * 2, list(range(10)))
+    path = d / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def not_idx(d: Path):
+    write_mnist(d, list(range(10)) * 2, list(range(10)))
+    (d / "t10k-labels-idx1-ubyte").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+
+
+@pytest.mark.parametrize("make, words", [
+    (wrong_files, ["mnist: missing", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "expected the MNIST"]),
+    (single_class, ["the train split holds 20 images of 1 class(es)", "at least two classes"]),
+    (empty, ["the train split holds 0 images", "at least two classes"]),
+    (truncated, ["train-images-idx3-ubyte is truncated or padded"]),
+    (not_idx, ["t10k-labels-idx1-ubyte is not an IDX file", "magic 0x00000801 expected"]),
+])
+def test_bad_data_directory_is_one_line_exit_2(make, words, tmp_path, capsys):
+    data = tmp_path / "data"
+    make(data)
+    profile = tmp_path / "mnist.toml"
+    profile.write_text(edit('dataset = "digits"\nn_train = 100\nn_test = 50', 'dataset = "mnist"'))
+    code, _, err = run_cli(capsys, "zoo", "--profile", str(profile), "--out", str(tmp_path / "out"), "--data-dir",
+                           str(data), "--quiet")
+    assert_one_line_error(code, err, words)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_missing_data_directory_is_named(tmp_path, capsys):
+    profile = tmp_path / "mnist.toml"
+    profile.write_text(edit('dataset = "digits"', 'dataset = "mnist"'))
+    code, _, err = run_cli(capsys, "zoo", "--profile", str(profile), "--out", str(tmp_path / "out"), "--data-dir",
+                           str(tmp_path / "nowhere"), "--quiet")
+    assert_one_line_error(code, err, [str(tmp_path / "nowhere"), "does not exist"])
+
+
+# --- other commands ---------------------------------------------------------------------------------------------
+
+def test_measures_on_a_directory_that_is_not_a_zoo(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "measures", "--zoo", str(tmp_path), "--names", "l2", "--workers", "1", "--quiet")
+    assert_one_line_error(code, err, [str(tmp_path / "models.csv")])
+
+
+def test_unknown_measure_on_the_command_line(tmp_path, capsys):
+    (tmp_path / "models.csv").write_text("run_id,status\n")
+    code, _, err = run_cli(capsys, "measures", "--zoo", str(tmp_path), "--names", "l3", "--quiet")
+    assert_one_line_error(code, err, ["unknown measure 'l3'", "available:", "l2"])
+
+
+def test_zero_workers(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "zoo", "--profile", "smoke", "--out", str(tmp_path), "--workers", "0")
+    assert_one_line_error(code, err, ["--workers must be >= 1", "got 0"])
+
+
+def test_check_of_a_directory_that_is_not_a_zoo(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "check", "--zoo", str(tmp_path))
+    assert code == 1 and f"{tmp_path / 'runs'}: no runs directory" in out
+
+
+# --- --debug ------------------------------------------------------------------------------------------------------
+
+def test_debug_raises_instead_of_one_line(tmp_path):
+    profile = tmp_path / "bad.toml"
+    profile.write_text(BAD_PROFILES["unknown key"][0])
+    with pytest.raises(ProfileError, match="train.max_epoch"):
+        main(["zoo", "--profile", str(profile), "--out", str(tmp_path / "out"), "--debug"])
+
+
+def test_console_script_prints_one_line_and_a_traceback_only_with_debug(tmp_path):
+    profile = tmp_path / "bad.toml"
+    profile.write_text(BAD_PROFILES["negative width"][0])
+    exe = Path(sys.executable).with_name("srrbench")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "benchmark"]
+    command += ["zoo", "--profile", str(profile), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    plain = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert plain.returncode == 2 and plain.stdout == ""
+    assert plain.stderr == "srrbench: error: profile key grid.width must be positive, got -16\n"
+    debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, env=env, timeout=60)
+    assert debug.returncode == 1 and debug.stderr.startswith("Traceback (most recent call last):")
+    assert debug.stderr.rstrip().endswith("zoo.grid.ProfileError: profile key grid.width must be positive, got -16")

@@ -1,0 +1,319 @@
+"""zoo.runner: a zoo is built once, rebuilt for free, resumed after a kill, and is the same on every executor.
+
+Every training here runs with one torch thread (the fixture below, OMP_NUM_THREADS=1 for the CLI, 1 thread per
+joblib/Dask worker): the thread count changes the last bits of a run's floats, and the comparisons are exact.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.profiles import resolve_profile
+from zoo import runner
+from zoo.grid import DataConfig, RunConfig
+from zoo.models import CRATE, ModelConfig
+from zoo.runner import MODEL_COLUMNS, build_zoo, cached_dataset, init_model, load_zoo, train_run
+from zoo.store import RunStore, StoreError, load_checkpoint
+from zoo.train import TrainConfig, evaluate
+
+FIRST_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "seed", "dataset",
+                 "status", "reached_target", "epochs", "steps", "seconds", "train_loss", "test_loss",
+                 "train_acc", "test_acc", "gap_loss", "gap_acc"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    """The smoke profile at batch size 64 only: 2 variants x 2 lr, 4 epochs of 5 steps."""
+    profile = resolve_profile("smoke")
+    return replace(profile, grid={**profile.grid, "batch_size": (64,)})
+
+
+@pytest.fixture(scope="module")
+def smoke_zoo(smoke, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    summary = build_zoo(smoke, out, workers=1, progress=False, log=lambda *a: None)
+    return out, summary
+
+
+def runs_of(profile):
+    return profile.runs(8, 1, 10)                                   # digits: 8x8, 1 channel, 10 classes
+
+
+def metrics_bytes(out):
+    return {p.parent.name: p.read_bytes() for p in sorted(Path(out, "runs").glob("*/metrics.json"))}
+
+
+def comparable(table):
+    """models.csv without wall time, indexed by run id (executors finish in different orders)."""
+    return table.drop(columns=["seconds"]).set_index("run_id").sort_index()
+
+
+# --- one build, then a rebuild ----------------------------------------------------------------------------------
+
+def test_build_writes_models_csv(smoke, smoke_zoo):
+    out, summary = smoke_zoo
+    runs = runs_of(smoke)
+    assert summary["runs"] == summary["trained"] == summary["done"] == 4 and summary["failed"] == 0
+    table = load_zoo(out)
+    assert list(table.columns[:20]) == FIRST_COLUMNS
+    assert list(table.columns) == MODEL_COLUMNS
+    assert table["run_id"].tolist() == [cfg.run_id for cfg in runs]             # one row per run, grid order
+    assert (table["status"] == "done").all() and (table["epochs"] == 4).all()
+    assert sorted(zip(table["variant"], table["lr"], table["batch_size"])) == [
+        (v, lr, 64) for v in ("crate", "crate-c") for lr in (0.001, 0.003)]
+    assert (table["steps"] == 4 * 5).all()                                     # ceil(300 / 64) = 5 per epoch
+    for row, cfg in zip(table.to_dict("records"), runs):
+        m = json.loads((out / "runs" / cfg.run_id / "metrics.json").read_text())
+        assert row["group_id"] == cfg.group_id and m["run_id"] == cfg.run_id
+        for key in ("train_loss", "test_loss", "train_acc", "test_acc", "gap_loss", "gap_acc"):
+            assert row[key] == pytest.approx(m[key], rel=1e-15, abs=0), key
+    assert Path(out, "profile.toml").read_text() == smoke.source
+
+
+def test_run_directory_layout(smoke, smoke_zoo):
+    out, _ = smoke_zoo
+    cfg = runs_of(smoke)[0]
+    run = out / "runs" / cfg.run_id
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    ckpts = [f"ckpt/{n}.pt{s}" for n in ("epoch-0002", "final", "init") for s in ("", ".sha256")]
+    assert files == sorted(ckpts + ["config.json", "events.log", "log.csv", "metrics.json"])  # no state/lock/temp
+    store = RunStore(out)
+    assert [r["epoch"] for r in store.read_log(cfg.run_id)] == [1, 2, 3, 4]
+    assert [e for e, _ in store.saved_epochs(cfg.run_id)] == [0, 2, 4]
+
+
+def test_checkpoints_are_the_runs_weights(smoke, smoke_zoo):
+    out, _ = smoke_zoo
+    cfg = runs_of(smoke)[-1]
+    store = RunStore(out)
+    init = load_checkpoint(store.ckpt(cfg.run_id, "init"))
+    expected = init_model(cfg).state_dict()                        # a function of the seed alone
+    assert all(torch.equal(init[k], expected[k]) for k in expected)
+    model = CRATE(cfg.model)
+    model.load_state_dict(load_checkpoint(store.ckpt(cfg.run_id, "final")))
+    data = cached_dataset(cfg.data, None)
+    m = store.metrics(cfg.run_id)
+    assert (m["train_loss"], m["train_acc"]) == evaluate(model, data.x_train, data.y_train)
+    assert (m["test_loss"], m["test_acc"]) == evaluate(model, data.x_test, data.y_test)
+
+
+def test_rerun_trains_nothing_and_touches_nothing(smoke, smoke_zoo):
+    out, _ = smoke_zoo
+    before = metrics_bytes(out)
+    finals = {p: p.read_bytes() for p in Path(out, "runs").glob("*/ckpt/final.pt")}
+    csv = (out / "models.csv").read_bytes()
+    summary = build_zoo(smoke, out, workers=1, progress=False, log=lambda *a: None)
+    assert summary["trained"] == 0 and summary["skipped"] == summary["runs"] == 4 and summary["done"] == 4
+    assert len(before) == 4 and metrics_bytes(out) == before
+    assert all(p.read_bytes() == b for p, b in finals.items())
+    assert (out / "models.csv").read_bytes() == csv
+
+
+def test_load_zoo_without_a_build():
+    with pytest.raises(FileNotFoundError, match="build the zoo first"):
+        load_zoo("/nonexistent/zoo")
+
+
+# --- failures ---------------------------------------------------------------------------------------------------
+
+def test_a_failing_run_does_not_stop_the_build(smoke, tmp_path, monkeypatch):
+    profile = replace(smoke, train={**smoke.train, "max_epochs": 2}, grid={**smoke.grid, "lr": (0.001, 1e6)})
+    runs = runs_of(profile)                                          # crate, crate-c x lr 0.001, 1e6
+    broken = next(c for c in runs if c.model.variant == "crate-c" and c.train.lr == 0.001)
+    real_train_model = runner.train_model
+
+    def train_model(model, data, cfg, **kw):
+        if model.config == broken.model and cfg == broken.train:
+            raise RuntimeError("boom")
+        return real_train_model(model, data, cfg, **kw)
+    monkeypatch.setattr(runner, "train_model", train_model)
+    logged = []
+    summary = build_zoo(profile, tmp_path, workers=1, progress=False, log=logged.append)
+    assert (summary["done"], summary["diverged"], summary["failed"]) == (1, 2, 1)
+    assert any(broken.run_id in line and "RuntimeError: boom" in line for line in logged)
+    table = load_zoo(tmp_path).set_index("run_id")
+    assert table.loc[broken.run_id, "status"] == "failed"
+    assert table.loc[broken.run_id, "error"] == "RuntimeError: boom"
+    assert "boom" in RunStore(tmp_path).metrics(broken.run_id)["traceback"]
+    for cfg in runs:
+        if cfg.train.lr == 1e6:                                      # a result, not an error
+            assert table.loc[cfg.run_id, "status"] == "diverged"
+            assert table.loc[cfg.run_id, "error"] == "non-finite loss or weights in epoch 1"
+
+    # once the cause is gone, the next build retries the failed run and only it
+    monkeypatch.setattr(runner, "train_model", real_train_model)
+    summary = build_zoo(profile, tmp_path, workers=1, progress=False, log=lambda *a: None)
+    assert (summary["trained"], summary["skipped"], summary["done"], summary["failed"]) == (1, 3, 2, 0)
+
+
+def test_train_run_records_an_unknown_dataset_as_failed(tmp_path):
+    cfg = RunConfig(DataConfig(dataset="no-such-data"), ModelConfig(dim=8, depth=1, heads=2),
+                    TrainConfig(max_epochs=1))
+    result = train_run(cfg, tmp_path)
+    assert result["status"] == "failed" and result["run_id"] == cfg.run_id
+    assert result["error"].startswith("DatasetError") and "no-such-data" in result["error"]
+    stored = RunStore(tmp_path).metrics(cfg.run_id)
+    assert stored["status"] == "failed" and stored["variant"] == "crate" and stored["group_id"] == cfg.group_id
+    assert not (tmp_path / "runs" / cfg.run_id / ".lock").exists()
+
+
+def test_a_locked_run_is_left_to_its_owner(smoke, tmp_path):
+    cfg = runs_of(smoke)[0]
+    store = RunStore(tmp_path)
+    store.prepare(cfg)
+    lock = store.lock(cfg.run_id)
+    assert lock.acquire()                                          # another live process (here: us) trains it
+    try:
+        assert train_run(cfg, tmp_path) == {"run_id": cfg.run_id, "status": "locked"}
+        assert store.metrics(cfg.run_id) is None
+    finally:
+        lock.release()
+
+
+# --- kill and resume --------------------------------------------------------------------------------------------
+
+KILL_PROFILE = """
+description = "kill/resume test: 4 runs x 20 epochs"
+[data]
+dataset = "digits"
+n_train = 150
+n_test = 50
+[model]
+patch_size = 4
+depth = 1
+heads = 2
+[train]
+max_epochs = 20
+warmup_epochs = 1
+target_ce = 0.0
+checkpoint_epochs = [5]
+[grid]
+variant = ["crate", "crate-c"]
+lr = [0.001, 0.003]
+batch_size = [32]
+dropout = [0.1]
+width = [8]
+seed = [0]
+"""
+
+
+def srrbench():
+    exe = Path(sys.executable).with_name("srrbench")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "benchmark"]
+
+
+def saved_epoch(store, run_id):
+    """The epoch of the run's resumable state, or None if there is none or it is not whole."""
+    try:
+        return load_checkpoint(store.ckpt(run_id, "state"))["epoch"]
+    except StoreError:
+        return None
+
+
+def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    toml = tmp_path / "kill.toml"
+    toml.write_text(KILL_PROFILE)
+    profile = resolve_profile(toml)
+    runs = runs_of(profile)
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    store = RunStore(killed)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(srrbench() + ["zoo", "--profile", str(toml), "--out", str(killed), "--workers", "1",
+                                          "--quiet"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        # Kill once a run has finished and another is inside its 20 epochs with a whole saved state. The build
+        # is frozen (SIGSTOP) while its files are read, so what is read is exactly what the kill leaves behind.
+        deadline = time.monotonic() + 120
+        while True:
+            finished = [c.run_id for c in runs if (killed / "runs" / c.run_id / "metrics.json").exists()]
+            midway = [c.run_id for c in runs if c.run_id not in finished
+                      and (killed / "runs" / c.run_id / "ckpt" / "state.pt.sha256").exists()]
+            if finished and midway:
+                proc.send_signal(signal.SIGSTOP)
+                if any(saved_epoch(store, r) in range(1, 15) and store.metrics(r) is None for r in midway):
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                proc.send_signal(signal.SIGCONT)
+            assert proc.poll() is None, f"the build ended before it could be killed: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no run finished in time"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    done_at_kill = [c.run_id for c in runs if store.metrics(c.run_id) is not None]
+    assert 1 <= len(done_at_kill) < len(runs)
+    kept = {r: ((killed / "runs" / r / "metrics.json").read_bytes(), store.ckpt(r, "final").read_bytes())
+            for r in done_at_kill}
+    # what the rerun must resume from: each unfinished run's last whole state (one run at least has one)
+    resumable = {c.run_id: saved_epoch(store, c.run_id) for c in runs if c.run_id not in done_at_kill}
+    resumable = {r: e for r, e in resumable.items() if e is not None}
+    assert resumable and all(1 <= e < 15 for e in resumable.values())
+
+    real_train_model = runner.train_model
+    resumed = {}
+
+    def train_model(model, data, cfg, resume=None, **kw):
+        if resume is not None:
+            resumed[RunConfig(profile.data, model.config, cfg).run_id] = resume["epoch"]
+        return real_train_model(model, data, cfg, resume=resume, **kw)
+    monkeypatch.setattr(runner, "train_model", train_model)
+    quiet = dict(workers=1, progress=False, log=lambda *a: None)
+    summary = build_zoo(profile, killed, **quiet)               # what `srrbench zoo` calls, same arguments
+    assert summary["done"] == 4 and summary["skipped"] == len(done_at_kill)
+    assert resumed == resumable                                 # lost at most the epoch in progress
+    for r, (metrics, final) in kept.items():                    # finished runs untouched
+        assert (killed / "runs" / r / "metrics.json").read_bytes() == metrics
+        assert store.ckpt(r, "final").read_bytes() == final
+
+    monkeypatch.setattr(runner, "train_model", real_train_model)
+    build_zoo(profile, straight, **quiet)
+    for c in runs:
+        a = load_checkpoint(store.ckpt(c.run_id, "final"))
+        b = load_checkpoint(RunStore(straight).ckpt(c.run_id, "final"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), c.run_id
+        assert not store.ckpt(c.run_id, "state").exists()
+        log_a = [{k: v for k, v in row.items() if k != "seconds"} for row in store.read_log(c.run_id)]
+        log_b = [{k: v for k, v in row.items() if k != "seconds"} for row in RunStore(straight).read_log(c.run_id)]
+        assert log_a == log_b and len(log_a) == 20
+    pd.testing.assert_frame_equal(comparable(load_zoo(killed)), comparable(load_zoo(straight)))
+
+
+# --- other executors --------------------------------------------------------------------------------------------
+
+def test_joblib_workers_give_the_same_zoo(smoke, smoke_zoo, tmp_path):
+    out, _ = smoke_zoo
+    summary = build_zoo(smoke, tmp_path, workers=2, progress=False, log=lambda *a: None)
+    assert summary["done"] == 4 and summary["trained"] == 4
+    pd.testing.assert_frame_equal(comparable(load_zoo(tmp_path)), comparable(load_zoo(out)))
+
+
+def test_dask_cluster_gives_the_same_zoo(smoke, smoke_zoo, tmp_path):
+    distributed = pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
+    import logging
+
+    out, _ = smoke_zoo
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=logging.ERROR) as cluster:
+        summary = build_zoo(smoke, tmp_path, scheduler=cluster.scheduler_address, progress=False,
+                            log=lambda *a: None)
+    assert summary["done"] == 4 and summary["trained"] == 4 and summary["failed"] == 0
+    pd.testing.assert_frame_equal(comparable(load_zoo(tmp_path)), comparable(load_zoo(out)))
