@@ -10,7 +10,6 @@ loaded safely gives NaN for every measure, one line in the log, and no cache; th
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from pathlib import Path

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .models import VARIANTS, ModelConfig
@@ -173,6 +173,9 @@ def _check_type(where: str, value, kinds: tuple, positive: bool = False) -> None
 
 def parse_profile(raw: dict, name: str = "profile", source: str = "") -> Profile:
     _check_keys("top level", raw, _SECTIONS)
+    for key in ("name", "description", "estimate"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ProfileError(f"profile key {key} must be a string, got {raw[key]!r}")
     data = raw.get("data", {})
     _check_keys("data", data, _DATA_KEYS)
     for key in ("n_train", "n_test", "num_classes"):
@@ -232,7 +235,7 @@ def parse_profile(raw: dict, name: str = "profile", source: str = "") -> Profile
     _check_type("analysis.n_boot", analysis.get("n_boot"), (int,), positive=True)
     _check_type("analysis.seed", analysis.get("seed"), (int,))
     if not isinstance(analysis.get("include_unreached", False), bool):
-        raise ProfileError(f"profile key analysis.include_unreached must be true or false")
+        raise ProfileError("profile key analysis.include_unreached must be true or false")
     try:
         data_cfg = DataConfig(**data)
         # probe the fixed settings once so a bad value is reported before any training
@@ -247,7 +250,3 @@ def parse_profile(raw: dict, name: str = "profile", source: str = "") -> Profile
                    model=model, train=train, grid=grid, measures=dict(raw.get("measures", {})),
                    analysis=dict(raw.get("analysis", {})), source=source,
                    estimate=str(raw.get("estimate", "")))
-
-
-def with_overrides(profile: Profile, **train_overrides) -> Profile:
-    return replace(profile, train={**profile.train, **train_overrides})

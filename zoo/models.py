@@ -6,8 +6,7 @@ qkv weight ``W_qkv`` of shape (K*p, d) is ``U^T = [U_1^T; ...; U_K^T]``.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -245,13 +244,6 @@ def build_model(variant: str, *, image_size: int, patch_size: int, channels: int
                              temperature=temperature))
 
 
-def model_from_config(cfg: ModelConfig) -> CRATE:
-    return CRATE(cfg)
-
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def config_dict(cfg: ModelConfig) -> dict:
-    return asdict(cfg)

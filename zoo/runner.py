@@ -9,7 +9,6 @@ and retrained; a run directory whose config.json does not hash to its name is fo
 from __future__ import annotations
 
 import functools
-import os
 import time
 import traceback
 from pathlib import Path

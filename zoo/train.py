@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -175,9 +175,3 @@ def summarize(history: list[dict], status: str, reached: bool, epoch: int, step:
     metrics["gap_loss"] = metrics["test_loss"] - metrics["train_loss"]
     metrics["gap_acc"] = metrics["train_acc"] - metrics["test_acc"]
     return metrics
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    d = asdict(cfg)
-    d["checkpoint_epochs"] = list(cfg.checkpoint_epochs)
-    return d

@@ -43,14 +43,6 @@ NAMES = ["l2", "path-norm", "srr"]
 OPTIONS = {"n_samples": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("profile") / "measures.toml"

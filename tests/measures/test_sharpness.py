@@ -58,15 +58,6 @@ def tiny_crate(variant="crate", seed=0, steps=40):
     return model.eval(), init, x, y
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs that dominate (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(one_thread):
     return tiny_crate()

@@ -8,15 +8,6 @@ from zoo.models import (ISTA, MSSA, NEEDS_SQUARE_HEADS, VARIANTS, CRATE, ModelCo
 from zoo.train import TrainConfig, make_optimizer, train_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny tensors: a second OpenMP thread only adds synchronisation (100x slower LayerNorms on a busy 2-core box).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(variant="crate", **kw):
     args = dict(variant=variant, image_size=8, patch_size=4, channels=1, num_classes=10, dim=8, depth=2, heads=2)
     args.update(kw)

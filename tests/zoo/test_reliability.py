@@ -50,15 +50,6 @@ width = [16]
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # a retrained run is compared bit for bit with its first training: same thread count for both
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
     path = tmp_path_factory.mktemp("profile") / "reliability.toml"

@@ -29,14 +29,6 @@ FIRST_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "d
                  "train_acc", "test_acc", "gap_loss", "gap_acc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def smoke():
     """The smoke profile at batch size 64 only: 2 variants x 2 lr, 4 epochs of 5 steps."""

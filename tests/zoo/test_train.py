@@ -10,16 +10,6 @@ from zoo.store import load_checkpoint, save_checkpoint
 from zoo.train import TrainConfig, evaluate, lr_factor, train_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Tiny tensors: a second OpenMP thread only adds synchronisation (on a busy 2-core machine a LayerNorm of
-    # 5x5x16 took 10 ms instead of 0.1 ms), and the thread count changes the last bits of the results.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_dataset("digits", n_train=120, n_test=60)

@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    # The product trains every run on one thread (zoo.runner.TRAIN_THREADS) so results do not depend on the
+    # worker count; the tests do the same, which also keeps tiny tensors fast on a busy 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
