@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .correlations import select_models
+from .tables import UMASK
 
 try:
     import tomllib
@@ -81,6 +82,7 @@ def save_figure(fig: Figure, base: str | Path) -> list[Path]:
     for ext in ("png", "pdf"):
         path = base.parent / f"{base.name}.{ext}"
         fd, tmp = tempfile.mkstemp(dir=base.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~UMASK)
         os.close(fd)
         try:
             fig.savefig(tmp, format=ext, dpi=150)  # constrained layout already fits legends and labels

@@ -32,12 +32,17 @@ _WITH_CI = ("Psi", "tau")
 _SYMBOL = {"Psi": ("Ψ", r"$\Psi$"), "tau": ("τ", r"$\tau$"), "cmi": ("CMI", "CMI")}
 
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: readers see the old
     file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600 files; reports should be as readable as any other file
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

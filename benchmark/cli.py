@@ -30,6 +30,12 @@ def _add_profile(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="directory holding CIFAR/MNIST files (not needed for the embedded digits data)")
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where models train (default cpu; auto = cuda when available). Not part of the run id; "
+                        "with cuda use --workers 1 per GPU")
+
+
 def _add_workers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: the number of CPU cores); each trains on one torch "
@@ -47,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: srrbench-out/<profile>)")
     _add_workers(p)
     p.add_argument("--scheduler", default=None, help="Dask scheduler address for the zoo stage (tcp://host:port)")
+    _add_device(p)
     p.add_argument("--gap", default=None, choices=("gap_loss", "gap_acc"),
                    help="generalization gap to rank against (default: the profile's, else gap_loss)")
     _add_common(p)
@@ -57,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workers(p)
     p.add_argument("--scheduler", default=None,
                    help="address of a Dask distributed scheduler; runs are sent to its workers")
+    _add_device(p)
     _add_common(p)
 
     p = sub.add_parser("measures", help="compute measures on every finished run of a zoo (cached per run)")
@@ -147,7 +155,8 @@ def _dispatch(args) -> int:
     if args.command == "zoo":
         from zoo import build_zoo
         summary = build_zoo(pipeline.resolve_profile(args.profile), args.out, workers=_workers(args),
-                            scheduler=args.scheduler, data_dir=args.data_dir, progress=progress)
+                            scheduler=args.scheduler, data_dir=args.data_dir, progress=progress,
+                            device=args.device)
         return 0 if summary["failed"] == 0 else 1
     if args.command == "measures":
         pipeline.measures_stage(Path(args.zoo), names=args.names, workers=_workers(args),
@@ -176,7 +185,7 @@ def _dispatch(args) -> int:
     if args.command == "run":
         out = Path(args.out) if args.out else Path("srrbench-out") / Path(args.profile).stem
         pipeline.run_pipeline(args.profile, out, workers=_workers(args), scheduler=args.scheduler,
-                              data_dir=args.data_dir, gap=args.gap, progress=progress)
+                              data_dir=args.data_dir, gap=args.gap, progress=progress, device=args.device)
         return 0
     raise AssertionError(args.command)
 

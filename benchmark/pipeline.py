@@ -91,7 +91,8 @@ def analysis_stage(zoo_dir: Path, gap: str | None = None, include_unreached: boo
 
 
 def run_pipeline(profile_name: str, out: Path, workers: int = 1, scheduler: str | None = None,
-                 data_dir: str | None = None, gap: str | None = None, progress: bool = True, log=print) -> dict:
+                 data_dir: str | None = None, gap: str | None = None, progress: bool = True, device: str = "cpu",
+                 log=print) -> dict:
     profile = resolve_profile(profile_name)
     measure_settings(profile)  # a typo in [measures] or [analysis] is an error now, not after the whole zoo
     analysis_settings(profile)
@@ -99,7 +100,8 @@ def run_pipeline(profile_name: str, out: Path, workers: int = 1, scheduler: str 
     timings = {}
     log(f"[1/3] zoo: training {profile.n_runs} models of profile {profile.name!r} into {out}")
     t = time.perf_counter()
-    build_zoo(profile, out, workers=workers, scheduler=scheduler, data_dir=data_dir, progress=progress, log=log)
+    build_zoo(profile, out, workers=workers, scheduler=scheduler, data_dir=data_dir, progress=progress,
+              device=device, log=log)
     timings["zoo"] = time.perf_counter() - t
     log("[2/3] measures: complexity measures and layer-wise SRR on every finished model")
     t = time.perf_counter()

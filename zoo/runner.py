@@ -20,7 +20,7 @@ from .data import load_dataset
 from .grid import DataConfig, Profile, RunConfig
 from .models import CRATE
 from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, save_checkpoint
-from .train import train_model
+from .train import resolve_device, train_model
 
 MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "seed", "dataset",
                  "status", "reached_target", "epochs", "steps", "seconds", "train_loss", "test_loss",
@@ -52,6 +52,7 @@ TRAIN_THREADS = 1
 
 
 def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, threads: int | None = TRAIN_THREADS,
+              device: str | None = "cpu",
               log=print) -> dict:
     """Train one run of the store at ``root`` (or return its stored metrics if it is finished)."""
     if threads:
@@ -64,7 +65,7 @@ def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, thr
         if store.is_finished(run_id):
             return {**store.metrics(run_id), "skipped": True}
         try:
-            metrics = _train(cfg, store, run_id, data_dir, log)
+            metrics = _train(cfg, store, run_id, data_dir, log, device)
         except Exception as err:
             metrics = {"status": "failed", "error": f"{err.__class__.__name__}: {err}",
                        "traceback": traceback.format_exc(limit=5)}
@@ -78,7 +79,7 @@ def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, thr
         return {"run_id": run_id, **metrics, "trained": True}
 
 
-def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, log) -> dict:
+def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, log, device: str | None) -> dict:
     data = cached_dataset(cfg.data, data_dir)
     model = init_model(cfg)
     init_path = store.ckpt(run_id, "init")
@@ -103,7 +104,7 @@ def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, l
         store.write_log(run_id, state["history"])
         save_checkpoint(state_path, state)
 
-    metrics = train_model(model, data, cfg.train, resume=resume, on_epoch=on_epoch)
+    metrics = train_model(model, data, cfg.train, resume=resume, on_epoch=on_epoch, device=device)
     if metrics["status"] == "done":
         save_checkpoint(store.ckpt(run_id, "final"), model.state_dict())
     metrics["error"] = (f"non-finite loss or weights in epoch {metrics['diverged_epoch']}"
@@ -114,8 +115,10 @@ def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, l
 # ---------------------------------------------------------------------------------------------------------
 
 def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler: str | None = None,
-              data_dir: str | None = None, progress: bool = True, log=print) -> dict:
-    """Train every run of ``profile`` into ``out``; return a summary (counts by status, wall time)."""
+              data_dir: str | None = None, progress: bool = True, device: str | None = "cpu", log=print) -> dict:
+    """Train every run of ``profile`` into ``out``; return a summary (counts by status, wall time).
+    ``device`` (cpu, cuda, auto) is where each run trains; it is not part of the runs' configs."""
+    resolve_device(device)  # an unusable device is an error before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "profile.toml", profile.source or "")
@@ -126,7 +129,7 @@ def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler:
         f"({'dask ' + scheduler if scheduler else f'{workers} worker(s)'})")
     start = time.perf_counter()
     results = list(_execute(todo, out, workers=workers, scheduler=scheduler, data_dir=data_dir,
-                            progress=progress))
+                            progress=progress, device=device))
     table = write_models_csv(out, runs)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     summary = {"runs": len(runs), "trained": sum(bool(r.get("trained")) for r in results),
@@ -174,25 +177,25 @@ def _admit(store: RunStore, cfg: RunConfig, log) -> bool:
 
 
 def _execute(todo: list[RunConfig], out: Path, *, workers: int, scheduler: str | None, data_dir: str | None,
-             progress: bool):
+             progress: bool, device: str | None):
     from tqdm.auto import tqdm
     bar = tqdm(total=len(todo), desc="zoo", unit="run", disable=not progress or not todo)
     if scheduler:
         from dask.distributed import Client, as_completed
         with Client(scheduler) as client:
-            futures = client.map(train_run, todo, root=str(out), data_dir=data_dir, pure=False)
+            futures = client.map(train_run, todo, root=str(out), data_dir=data_dir, device=device, pure=False)
             for future in as_completed(futures):
                 bar.update(1)
                 yield future.result()
     elif workers > 1:
         from joblib import Parallel, delayed
-        jobs = (delayed(train_run)(cfg, str(out), data_dir) for cfg in todo)
+        jobs = (delayed(train_run)(cfg, str(out), data_dir, device=device) for cfg in todo)
         for result in Parallel(n_jobs=workers, return_as="generator_unordered")(jobs):
             bar.update(1)
             yield result
     else:
         for cfg in todo:
-            yield train_run(cfg, out, data_dir)
+            yield train_run(cfg, out, data_dir, device=device)
             bar.update(1)
     bar.close()
 

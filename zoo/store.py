@@ -41,9 +41,14 @@ class StoreError(RuntimeError):
     """A file in the store is corrupt, foreign or inconsistent; the message names it."""
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should be as readable as any other file
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -80,18 +80,33 @@ def _finite(model: nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` (or None) picks CUDA when available, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but this torch build sees no CUDA GPU; use --device cpu")
+    return resolved
+
+
 def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, resume: dict | None = None,
                 on_epoch: Callable[[int, Callable[[], dict], dict], None] | None = None,
-                progress: bool = False) -> dict:
+                progress: bool = False, device: str | None = "cpu") -> dict:
     """Train ``model`` in place; return the run's metrics.
 
     ``resume`` is a state produced earlier by this function (through ``on_epoch``); training continues from it
     with the same optimizer, scheduler and RNG state, so the final weights equal an uninterrupted run's.
     ``on_epoch(epoch, get_state, record)`` is called after every epoch; ``get_state()`` builds the full
-    resumable state (only called when the caller wants to save it).
+    resumable state (only called when the caller wants to save it). ``device`` is a runtime choice, not part of
+    the run's config; bit-identical resume is guaranteed on the CPU (CUDA kernels need not be deterministic).
     """
     cfg.validate()
-    n = len(data.x_train)
+    device = resolve_device(device)
+    model.to(device)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    n = len(x_train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -122,10 +137,10 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, resume: di
     model.train()
     while epoch < cfg.max_epochs and not reached:
         start = time.perf_counter()
-        order = torch.randperm(n, generator=shuffle)
+        order = torch.randperm(n, generator=shuffle).to(device)
         for i in range(0, n, cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx],
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx],
                                    label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 diverged_at = epoch + 1
@@ -142,8 +157,8 @@ def train_model(model: nn.Module, data: Dataset, cfg: TrainConfig, *, resume: di
             elapsed += time.perf_counter() - start
             status = "diverged"
             break
-        train_loss, train_acc = evaluate(model, data.x_train, data.y_train, cfg.eval_batch_size)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size)
+        train_loss, train_acc = evaluate(model, x_train, y_train, cfg.eval_batch_size)
+        test_loss, test_acc = evaluate(model, x_test, y_test, cfg.eval_batch_size)
         elapsed += time.perf_counter() - start
         record = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed,
                   "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}

@@ -182,3 +182,13 @@ def test_lr_in_history_follows_the_schedule(data):
 def test_config_validation_names_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad).validate()
+
+
+def test_device_auto_falls_back_to_cpu_and_unavailable_cuda_is_a_clear_error():
+    from zoo.train import resolve_device
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
