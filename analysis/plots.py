@@ -248,35 +248,42 @@ def plot_psi_heatmap(table: pd.DataFrame) -> Figure:
 # Layer-wise SRR and training curves
 # ---------------------------------------------------------------------------------------------------------------
 
-def plot_layerwise_srr(layerwise: pd.DataFrame) -> Figure:
-    """SRR_ℓ against layer, one line per saved epoch (colour = epoch), one panel per variant, mean over runs."""
+def plot_layerwise_srr(layerwise: pd.DataFrame, widths: dict | None = None) -> Figure:
+    """SRR_ℓ against layer, one line per checkpoint (colour = training progress), one panel per variant and one
+    row per width (``widths``: run_id -> width), mean over runs. Each run's last checkpoint is labelled "final"
+    (runs stop at different epochs under the CE-target rule)."""
     required = ["run_id", "variant", "epoch", "layer", "srr"]
     missing = [c for c in required if c not in layerwise.columns]
     if missing:
         raise KeyError(f"layerwise table lacks column(s) {missing}; it has {list(layerwise.columns)}")
-    means = layerwise.groupby(["variant", "epoch", "layer"], as_index=False)["srr"].mean()
-    runs = layerwise.groupby("variant")["run_id"].nunique()
+    last = layerwise.groupby("run_id")["epoch"].transform("max")
+    table = layerwise.assign(
+        width=layerwise["run_id"].map(widths or {}).fillna("all"),
+        checkpoint=np.where(layerwise["epoch"] == last, "final",
+                            layerwise["epoch"].map(lambda e: "init" if e == 0 else f"epoch {e:g}")))
+    order = (table.loc[table["checkpoint"] != "final"].sort_values("epoch")["checkpoint"].drop_duplicates().tolist()
+             + ["final"])
+    means = table.groupby(["width", "variant", "checkpoint", "layer"], as_index=False)["srr"].mean()
+    runs = table.groupby(["width", "variant"])["run_id"].nunique()
     variants = sorted(means["variant"].astype(str).unique())
-    epochs = sorted(means["epoch"].unique())
-    colours = dict(zip(epochs, sns.color_palette("viridis", len(epochs))))
-    ncols = min(3, len(variants))
-    nrows = math.ceil(len(variants) / ncols)
+    widths_present = sorted(means["width"].unique(), key=str)
+    colours = dict(zip(order, sns.color_palette("viridis", len(order))))
     with _with_style(), sns.plotting_context("notebook", rc=_STYLE):
-        fig = _figure(3.4 * ncols + 1.2, 2.8 * nrows + 0.5)
-        axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
-        for ax, variant in zip(axes, variants):
-            for epoch in epochs:
-                line = means.loc[(means["variant"].astype(str) == variant) & (means["epoch"] == epoch)]
-                ax.plot(line["layer"], line["srr"], marker="o", markersize=3, color=colours[epoch])
-            ax.set_title(f"{variant} ({runs.get(variant, 0)} runs)")
-            ax.set_xlabel("layer ℓ")
-            ax.set_ylabel("SRR_ℓ (mean over runs)")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        for ax in axes[len(variants):]:
-            ax.set_visible(False)
-        handles = [Line2D([], [], color=colours[e], marker="o", markersize=3, label=f"epoch {e:g}") for e in epochs]
+        fig = _figure(3.2 * len(variants) + 1.4, 2.8 * len(widths_present) + 0.5)
+        axes = fig.subplots(len(widths_present), len(variants), squeeze=False)
+        for row, width in zip(axes, widths_present):
+            for ax, variant in zip(row, variants):
+                for checkpoint in order:
+                    line = means.loc[(means["width"] == width) & (means["variant"].astype(str) == variant)
+                                     & (means["checkpoint"] == checkpoint)]
+                    ax.plot(line["layer"], line["srr"], marker="o", markersize=3, color=colours[checkpoint])
+                ax.set_title(f"{variant}, width {width} ({runs.get((width, variant), 0)} runs)", fontsize=9)
+                ax.set_xlabel("layer ℓ")
+                ax.xaxis.get_major_locator().set_params(integer=True)
+            row[0].set_ylabel("SRR_ℓ (mean over runs)")
+        handles = [Line2D([], [], color=colours[c], marker="o", markersize=3, label=c) for c in order]
         fig.legend(handles=handles, loc="outside right upper", frameon=False, title="checkpoint")
-        fig.suptitle("Layer-wise sparse rate reduction over training", fontsize=11)
+        fig.suptitle("Layer-wise sparse rate reduction ‖Z‖₀ + R^c − R over training", fontsize=11)
     return fig
 
 
@@ -385,7 +392,8 @@ def write_plots(data, correlations: pd.DataFrame, out_dir: str | Path, gap: str 
     elif not {"run_id", "variant", "epoch", "layer", "srr"} <= set(data.layerwise.columns):
         result.skipped["layerwise_srr"] = "layerwise.csv lacks one of run_id, variant, epoch, layer, srr"
     else:
-        result.files["layerwise_srr"] = save_figure(plot_layerwise_srr(data.layerwise), out_dir / "layerwise_srr")
+        result.files["layerwise_srr"] = save_figure(plot_layerwise_srr(
+            data.layerwise, dict(zip(data.models["run_id"], data.models["width"]))), out_dir / "layerwise_srr")
 
     logs = data.logs
     if logs is None or logs.empty:

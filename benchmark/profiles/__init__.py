@@ -29,6 +29,8 @@ def check_measures_section(profile: Profile) -> Profile:
     from measures import MeasureOptions, resolve_names
     settings = dict(profile.measures)
     names = settings.pop("names", None)
+    if isinstance(names, str):
+        names = [names]
     try:
         if names is not None:
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

@@ -59,7 +59,7 @@ def tiny_crate(variant="crate", seed=0, steps=40):
 
 
 @pytest.fixture(scope="module")
-def trained(one_thread):
+def trained():
     return tiny_crate()
 
 
