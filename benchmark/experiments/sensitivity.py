@@ -177,7 +177,8 @@ def run(out: Path, *, zoo: Path | None = None, quick: bool = False, workers: int
     headline = srr_headline(table)
     for width, entry in headline.items():
         t, p = entry["tau"], entry["Psi"]
-        log(f"sensitivity width {width} ({counts['used']} models, {gap}): SRR tau "
+        n_width = int((models["width"] == width).sum())
+        log(f"sensitivity width {width} ({n_width} models, {gap}): SRR tau "
             + (f"{t['default']:+.2f} at defaults, range [{t['min']:+.2f} ({t['min_at']}), {t['max']:+.2f} "
                f"({t['max_at']})]" if t else "n/a")
             + "; Psi " + (f"{p['default']:+.2f}, range [{p['min']:+.2f} ({p['min_at']}), {p['max']:+.2f} "
