@@ -252,21 +252,22 @@ def pacbayes_mag_bound(norm_sq: float, denom_w: torch.Tensor, sigma: float, eps:
     return 0.25 * float(torch.log(numerator / denominator).sum()) + math.log(m / sigma) + 10
 
 
-def _w_and_w0(ctx) -> tuple[torch.Tensor, torch.Tensor]:
+def weights_and_init(ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """w and w⁰: the weight matrices of the bounds (context.weight_matrices), flattened."""
     return weight_vector(ctx.weights()), weight_vector(ctx.init_weights())
 
 
 @register_measure("pacbayes-init", family="pac-bayes", needs_data=True)
 def pacbayes_init(ctx) -> float:
     """‖w − w⁰‖²/(4σ′²) + log(m/σ′) + 10, σ′ the largest Gaussian noise std costing ≤ target_drop accuracy."""
-    w, w0 = _w_and_w0(ctx)
+    w, w0 = weights_and_init(ctx)
     return pacbayes_bound(float(((w - w0) ** 2).sum()), sigma_prime(ctx), ctx.n_train)
 
 
 @register_measure("pacbayes-orig", family="pac-bayes", needs_data=True)
 def pacbayes_orig(ctx) -> float:
     """‖w‖²/(4σ′²) + log(m/σ′) + 10 with the PAC-Bayes noise scale σ′ (std)."""
-    w, _ = _w_and_w0(ctx)
+    w, _ = weights_and_init(ctx)
     return pacbayes_bound(float((w ** 2).sum()), sigma_prime(ctx), ctx.n_train)
 
 
@@ -279,7 +280,7 @@ def pacbayes_flatness(ctx) -> float:
 @register_measure("pacbayes-mag-init", family="pac-bayes", needs_data=True)
 def pacbayes_mag_init(ctx) -> float:
     """Magnitude-aware PAC-Bayes bound around w⁰ (eq. 56), noise N(0, σ′²w² + ε²)."""
-    w, w0 = _w_and_w0(ctx)
+    w, w0 = weights_and_init(ctx)
     d = w - w0
     return pacbayes_mag_bound(float((d ** 2).sum()), d, mag_sigma_prime(ctx), ctx.options.magnitude_eps,
                               ctx.n_train)
@@ -288,7 +289,7 @@ def pacbayes_mag_init(ctx) -> float:
 @register_measure("pacbayes-mag-orig", family="pac-bayes", needs_data=True)
 def pacbayes_mag_orig(ctx) -> float:
     """Magnitude-aware PAC-Bayes bound around the origin (eq. 57, denominator ε² + σ′²w_i²)."""
-    w, _ = _w_and_w0(ctx)
+    w, _ = weights_and_init(ctx)
     return pacbayes_mag_bound(float((w ** 2).sum()), w, mag_sigma_prime(ctx), ctx.options.magnitude_eps,
                               ctx.n_train)
 

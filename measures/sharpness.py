@@ -52,7 +52,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .pacbayes import (bisect_largest, correct_count, eval_mode, model_buffers, perturbable_parameters,
-                       warn_if_floor, weight_vector)
+                       warn_if_floor, weights_and_init)
 from .registry import register_measure
 
 ALPHA_SALT = 8_601        # ctx.generator salt of the plain α′ search
@@ -153,21 +153,17 @@ def sharpness_mag_bound(norm_sq: float, denom_w: torch.Tensor, alpha: float, eps
     return 0.25 * float(torch.log(numerator / denominator).sum()) + math.log(m / alpha) + 10
 
 
-def _w_and_w0(ctx) -> tuple[torch.Tensor, torch.Tensor]:
-    return weight_vector(ctx.weights()), weight_vector(ctx.init_weights())
-
-
 @register_measure("sharpness-init", family="sharpness", needs_data=True)
 def sharpness_init(ctx) -> float:
     """‖w − w⁰‖²·log(2ω)/(4α′²) + log(m/α′) + 10, α′ the largest box whose worst case costs ≤ target_drop."""
-    w, w0 = _w_and_w0(ctx)
+    w, w0 = weights_and_init(ctx)
     return sharpness_bound(float(((w - w0) ** 2).sum()), alpha_prime(ctx), w.numel(), ctx.n_train)
 
 
 @register_measure("sharpness-orig", family="sharpness", needs_data=True)
 def sharpness_orig(ctx) -> float:
     """‖w‖²·log(2ω)/(4α′²) + log(m/α′) + 10 with the worst-case box half-width α′."""
-    w, _ = _w_and_w0(ctx)
+    w, _ = weights_and_init(ctx)
     return sharpness_bound(float((w ** 2).sum()), alpha_prime(ctx), w.numel(), ctx.n_train)
 
 
@@ -180,7 +176,7 @@ def sharpness_flatness(ctx) -> float:
 @register_measure("sharpness-mag-init", family="sharpness", needs_data=True)
 def sharpness_mag_init(ctx) -> float:
     """Magnitude-aware worst-case sharpness bound around w⁰, box |u_i| ≤ α′|w_i| + ε."""
-    w, w0 = _w_and_w0(ctx)
+    w, w0 = weights_and_init(ctx)
     d = w - w0
     return sharpness_mag_bound(float((d ** 2).sum()), d, mag_alpha_prime(ctx), box_eps(ctx), ctx.n_train)
 
@@ -188,7 +184,7 @@ def sharpness_mag_init(ctx) -> float:
 @register_measure("sharpness-mag-orig", family="sharpness", needs_data=True)
 def sharpness_mag_orig(ctx) -> float:
     """Magnitude-aware worst-case sharpness bound around the origin, box |u_i| ≤ α′|w_i| + ε."""
-    w, _ = _w_and_w0(ctx)
+    w, _ = weights_and_init(ctx)
     return sharpness_mag_bound(float((w ** 2).sum()), w, mag_alpha_prime(ctx), box_eps(ctx), ctx.n_train)
 
 
