@@ -52,8 +52,7 @@ TRAIN_THREADS = 1
 
 
 def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, threads: int | None = TRAIN_THREADS,
-              device: str | None = "cpu",
-              log=print) -> dict:
+              device: str | None = "cpu", log=print) -> dict:
     """Train one run of the store at ``root`` (or return its stored metrics if it is finished)."""
     if threads:
         torch.set_num_threads(threads)
