@@ -10,3 +10,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    """The tiny profile (tests/tiny_profile.py) written to a file and loaded as a user's would be."""
+    from benchmark.profiles import resolve_profile
+    from tests.tiny_profile import TINY_PROFILE
+    path = tmp_path_factory.mktemp("profile") / "tiny.toml"
+    path.write_text(TINY_PROFILE)
+    return resolve_profile(path)

@@ -14,40 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.profiles import resolve_profile
 from measures import compute_zoo, register_measure, unregister_measure
 from measures.layerwise import layerwise_zoo
 from zoo.runner import build_zoo, load_zoo
 
-PROFILE = """
-description = "measures reliability tests: 4 tiny runs"
-[data]
-dataset = "digits"
-n_train = 200
-n_test = 100
-[model]
-patch_size = 4
-depth = 1
-heads = 2
-[train]
-max_epochs = 3
-warmup_epochs = 1
-checkpoint_epochs = [2]
-[grid]
-variant = ["crate", "crate-c"]
-lr = [0.003, 0.01]
-batch_size = [32]
-width = [16]
-"""
 NAMES = ["l2", "path-norm", "srr"]
 OPTIONS = {"n_samples": 32}
-
-
-@pytest.fixture(scope="module")
-def profile(tmp_path_factory):
-    path = tmp_path_factory.mktemp("profile") / "measures.toml"
-    path.write_text(PROFILE)
-    return resolve_profile(path)
 
 
 @pytest.fixture(scope="module")

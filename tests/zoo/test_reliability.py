@@ -21,6 +21,7 @@ import torch
 
 from benchmark.cli import main
 from benchmark.profiles import resolve_profile
+from tests.tiny_profile import TINY_PROFILE
 from zoo.check import check_zoo
 from zoo.grid import _DATA_KEYS, _MODEL_KEYS, _SECTIONS, _TRAIN_KEYS, GRID_AXES, config_hash
 from zoo.runner import build_zoo, load_zoo
@@ -28,33 +29,6 @@ from zoo.store import RunLock, RunStore, StoreError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PROFILE = """
-description = "reliability tests: 4 tiny runs"
-[data]
-dataset = "digits"
-n_train = 200
-n_test = 100
-[model]
-patch_size = 4
-depth = 1
-heads = 2
-[train]
-max_epochs = 3
-warmup_epochs = 1
-checkpoint_epochs = [2]
-[grid]
-variant = ["crate", "crate-c"]
-lr = [0.003, 0.01]
-batch_size = [32]
-width = [16]
-"""
-
-
-@pytest.fixture(scope="module")
-def profile(tmp_path_factory):
-    path = tmp_path_factory.mktemp("profile") / "reliability.toml"
-    path.write_text(PROFILE)
-    return resolve_profile(path)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +152,7 @@ def test_code_running_final_checkpoint_is_reported_and_retrained_never_executed(
 
 
 def test_profile_name_never_chooses_where_files_go(tmp_path):
-    text = 'name = "../../evil"\n' + PROFILE.replace("max_epochs = 3", "max_epochs = 1").replace(
+    text = 'name = "../../evil"\n' + TINY_PROFILE.replace("max_epochs = 3", "max_epochs = 1").replace(
         'variant = ["crate", "crate-c"]', 'variant = ["crate"]').replace("lr = [0.003, 0.01]", "lr = [0.01]")
     (tmp_path / "a" / "b").mkdir(parents=True)
     toml = tmp_path / "a" / "b" / "evil.toml"
@@ -238,7 +212,7 @@ def trainers(out, run_id):
 
 def test_two_builds_on_one_directory_train_each_run_once(tmp_path):
     toml = tmp_path / "both.toml"
-    toml.write_text(PROFILE.replace("max_epochs = 3", "max_epochs = 4").replace(
+    toml.write_text(TINY_PROFILE.replace("max_epochs = 3", "max_epochs = 4").replace(
         "batch_size = [32]", "batch_size = [16, 32]"))                   # 8 runs of 4 epochs
     out = tmp_path / "zoo"
     command = srrbench("zoo", "--profile", str(toml), "--out", str(out), "--workers", "1", "--quiet")
@@ -260,7 +234,7 @@ def test_two_builds_on_one_directory_train_each_run_once(tmp_path):
 
 def test_lock_of_a_killed_build_is_taken_over(tmp_path):
     toml = tmp_path / "locked.toml"
-    toml.write_text(PROFILE.replace("max_epochs = 3", "max_epochs = 8\ntarget_ce = 0.0"))
+    toml.write_text(TINY_PROFILE.replace("max_epochs = 3", "max_epochs = 8\ntarget_ce = 0.0"))
     out = tmp_path / "zoo"
     proc = subprocess.Popen(srrbench("zoo", "--profile", str(toml), "--out", str(out), "--workers", "1", "--quiet"),
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
