@@ -1,5 +1,9 @@
 """Build a zoo: train every run of a profile's grid, locally in parallel or on a Dask cluster, resumably.
 
+Runs that differ only in lr, dropout and seed form ensemble groups that train as one stacked computation
+(``zoo.ensemble``); each run still gets its own checkpoints, state and metrics, equal bit for bit to training it
+alone with the same code.
+
 Rerunning the same command skips finished runs and continues unfinished ones from their last saved state. A run
 that fails or diverges is recorded with its error and never stops the build. A finished run whose files are
 corrupt (unreadable metrics, a final checkpoint that fails its checksum or the safe loader) is reported in one line
@@ -8,6 +12,7 @@ and retrained; a run directory whose config.json does not hash to its name is fo
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import traceback
@@ -17,10 +22,11 @@ import pandas as pd
 import torch
 
 from .data import load_dataset
+from .ensemble import STATE_FORMAT, ensemble_key, train_ensemble
 from .grid import DataConfig, Profile, RunConfig
 from .models import CRATE
 from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, save_checkpoint
-from .train import resolve_device, train_model
+from .train import resolve_device
 
 MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "seed", "dataset",
                  "status", "reached_target", "epochs", "steps", "seconds", "train_loss", "test_loss",
@@ -49,25 +55,49 @@ def init_model(cfg: RunConfig) -> CRATE:
 # other settings (thread count changes float summation order), and for these small models one thread per
 # process is also the fastest use of the cores (workers default to the core count).
 TRAIN_THREADS = 1
+# Runs of one ensemble group train together, at most this many at a time (`--ensemble-size`); a member's result
+# does not depend on the others, so this only trades memory for speed.
+ENSEMBLE_SIZE = 8
 
 
 def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, threads: int | None = TRAIN_THREADS,
               device: str | None = "cpu", log=print) -> dict:
     """Train one run of the store at ``root`` (or return its stored metrics if it is finished)."""
+    return train_group([cfg], root, data_dir, threads, device, log)[0]
+
+
+def train_group(cfgs: list[RunConfig], root: str | Path, data_dir: str | None = None,
+                threads: int | None = TRAIN_THREADS, device: str | None = "cpu", log=print) -> list[dict]:
+    """Train runs of one ensemble group (``zoo.ensemble.ensemble_key``) together as one stacked computation.
+
+    A run locked by another process is left to it and a finished run returns its stored metrics; the rest train
+    as one ensemble, each saving its epochs, state and results as it goes, exactly as a run trained alone would.
+    """
     if threads:
         torch.set_num_threads(threads)
     store = RunStore(root)
-    run_id = store.prepare(cfg)
-    with store.lock(run_id) as lock:
-        if not lock.acquire():
-            return {"run_id": run_id, "status": "locked"}
-        if store.is_finished(run_id):
-            return {**store.metrics(run_id), "skipped": True}
-        try:
-            metrics = _train(cfg, store, run_id, data_dir, log, device)
-        except Exception as err:
-            metrics = {"status": "failed", "error": f"{err.__class__.__name__}: {err}",
-                       "traceback": traceback.format_exc(limit=5)}
+    results: dict[str, dict] = {}
+    with contextlib.ExitStack() as held:
+        todo = []
+        for cfg in cfgs:
+            run_id = store.prepare(cfg)
+            lock = held.enter_context(store.lock(run_id))
+            if not lock.acquire():
+                results[run_id] = {"run_id": run_id, "status": "locked"}
+            elif store.is_finished(run_id):
+                results[run_id] = {**store.metrics(run_id), "skipped": True}
+            else:
+                todo.append(cfg)
+        if todo:
+            results.update(_train_members(todo, store, data_dir, log, device))
+    return [results[cfg.run_id] for cfg in cfgs]
+
+
+def _train_members(cfgs: list[RunConfig], store: RunStore, data_dir: str | None, log, device: str | None) -> dict:
+    results: dict[str, dict] = {}
+
+    def finish(cfg: RunConfig, metrics: dict) -> None:
+        run_id = cfg.run_id
         metrics = {**cfg.axes, "group_id": cfg.group_id, **metrics}
         store.write_metrics(run_id, metrics)
         # the resumable state goes only once metrics.json is written: a kill in between resumes at the last epoch
@@ -75,60 +105,96 @@ def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, thr
         for suffix in (".sha256", ""):
             state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)
         store.record_event(run_id, f"finish {metrics['status']}")
-        return {"run_id": run_id, **metrics, "trained": True}
+        results[run_id] = {"run_id": run_id, **metrics, "trained": True}
+
+    try:
+        data = cached_dataset(cfgs[0].data, data_dir)
+        models = [init_model(cfg) for cfg in cfgs]
+        resume = [_prepare_member(cfg, model, store, log) for cfg, model in zip(cfgs, models)]
+        for cfg, state in zip(cfgs, resume):
+            where = f"resume epoch {state['epoch']}" if state else "start epoch 0"
+            store.record_event(cfg.run_id, f"{where} (ensemble of {len(cfgs)})")
+
+        def on_epoch(member: int, epoch: int, get_state, record: dict) -> None:
+            run_id = cfgs[member].run_id
+            state = get_state()
+            if epoch in set(cfgs[member].train.checkpoint_epochs):
+                save_checkpoint(store.ckpt(run_id, f"epoch-{epoch:04d}"), state["model"])
+            store.write_log(run_id, state["history"])
+            save_checkpoint(store.ckpt(run_id, "state"), state)
+
+        def on_finish(member: int, metrics: dict, final: dict) -> None:
+            cfg = cfgs[member]
+            if metrics["status"] == "done":
+                save_checkpoint(store.ckpt(cfg.run_id, "final"), final)
+            metrics["error"] = (f"non-finite loss or weights in epoch {metrics['diverged_epoch']}"
+                                if metrics["status"] == "diverged" else "")
+            finish(cfg, metrics)
+
+        train_ensemble(models, [c.run_id for c in cfgs], [c.train for c in cfgs], data, resume=resume,
+                       on_epoch=on_epoch, on_finish=on_finish, device=device)
+    except Exception as err:
+        unfinished = [cfg for cfg in cfgs if cfg.run_id not in results]
+        if len(cfgs) > 1:   # retry one by one from the saved states, so that one bad run fails only itself
+            log(f"ensemble of {len(cfgs)} runs failed ({err.__class__.__name__}: {err}); "
+                f"retrying its {len(unfinished)} unfinished run(s) one at a time")
+            for cfg in unfinished:
+                results.update(_train_members([cfg], store, data_dir, log, device))
+        else:
+            for cfg in unfinished:
+                finish(cfg, {"status": "failed", "error": f"{err.__class__.__name__}: {err}",
+                             "traceback": traceback.format_exc(limit=5)})
+    return results
 
 
-def _train(cfg: RunConfig, store: RunStore, run_id: str, data_dir: str | None, log, device: str | None) -> dict:
-    data = cached_dataset(cfg.data, data_dir)
-    model = init_model(cfg)
+def _prepare_member(cfg: RunConfig, model: CRATE, store: RunStore, log) -> dict | None:
+    """Write the run's init checkpoint if needed; return its resumable state, or None to start afresh."""
+    run_id = cfg.run_id
     init_path = store.ckpt(run_id, "init")
     try:  # the init weights are a function of the seed: a missing or corrupt copy is simply written again
         load_checkpoint(init_path)
     except StoreError:
         save_checkpoint(init_path, model.state_dict())
-    resume = None
     state_path = store.ckpt(run_id, "state")
-    if state_path.exists():
-        try:
-            resume = load_checkpoint(state_path)
-        except StoreError as err:
-            log(f"[{run_id}] {err}; restarting this run from its initialisation")
-    store.record_event(run_id, f"resume epoch {resume['epoch']}" if resume else "start epoch 0")
-    keep = set(cfg.train.checkpoint_epochs)
-
-    def on_epoch(epoch: int, get_state, record: dict) -> None:
-        state = get_state()
-        if epoch in keep:
-            save_checkpoint(store.ckpt(run_id, f"epoch-{epoch:04d}"), state["model"])
-        store.write_log(run_id, state["history"])
-        save_checkpoint(state_path, state)
-
-    metrics = train_model(model, data, cfg.train, resume=resume, on_epoch=on_epoch, device=device)
-    if metrics["status"] == "done":
-        save_checkpoint(store.ckpt(run_id, "final"), model.state_dict())
-    metrics["error"] = (f"non-finite loss or weights in epoch {metrics['diverged_epoch']}"
-                        if metrics["status"] == "diverged" else "")
-    return metrics
+    if not state_path.exists():
+        return None
+    try:
+        state = load_checkpoint(state_path)
+    except StoreError as err:
+        log(f"[{run_id}] {err}; restarting this run from its initialisation")
+        return None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        log(f"[{run_id}] {state_path}: a training state of another format (an older version of this tool); "
+            f"restarting this run from its initialisation")
+        return None
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------
 
 def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler: str | None = None,
-              data_dir: str | None = None, progress: bool = True, device: str | None = "cpu", log=print) -> dict:
+              data_dir: str | None = None, progress: bool = True, device: str | None = "cpu",
+              ensemble_size: int = ENSEMBLE_SIZE, log=print) -> dict:
     """Train every run of ``profile`` into ``out``; return a summary (counts by status, wall time).
-    ``device`` (cpu, cuda, auto) is where each run trains; it is not part of the runs' configs."""
+
+    ``device`` (cpu, cuda, auto) is where each run trains; it is not part of the runs' configs. Runs that differ
+    only in lr, dropout and seed train together, up to ``ensemble_size`` at a time (1: one run at a time); the
+    models are the same bit for bit whatever the grouping."""
     resolve_device(device)  # an unusable device is an error before anything is written
+    if not isinstance(ensemble_size, int) or ensemble_size < 1:
+        raise ValueError(f"ensemble size must be a positive integer, got {ensemble_size!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "profile.toml", profile.source or "")
     runs = profile.runs(*dataset_shape(profile.data, data_dir))
     store = RunStore(out)
     todo = [cfg for cfg in runs if not _admit(store, cfg, log)]
+    groups = plan_groups(todo, ensemble_size, 1 if scheduler else workers)
     log(f"zoo {profile.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train "
-        f"({'dask ' + scheduler if scheduler else f'{workers} worker(s)'})")
+        f"in {len(groups)} ensemble(s) ({'dask ' + scheduler if scheduler else f'{workers} worker(s)'})")
     start = time.perf_counter()
-    results = list(_execute(todo, out, workers=workers, scheduler=scheduler, data_dir=data_dir,
-                            progress=progress, device=device))
+    results = list(_execute(groups, out, workers=workers, scheduler=scheduler, data_dir=data_dir,
+                            progress=progress, device=device, log=log))
     table = write_models_csv(out, runs)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     summary = {"runs": len(runs), "trained": sum(bool(r.get("trained")) for r in results),
@@ -175,27 +241,46 @@ def _admit(store: RunStore, cfg: RunConfig, log) -> bool:
     return False
 
 
-def _execute(todo: list[RunConfig], out: Path, *, workers: int, scheduler: str | None, data_dir: str | None,
-             progress: bool, device: str | None):
+def plan_groups(runs: list[RunConfig], max_size: int, workers: int = 1) -> list[list[RunConfig]]:
+    """Runs with one ``ensemble_key`` in chunks of at most ``max_size``, in grid order; groups are split further
+    (evenly) while there are fewer groups than workers, so that no worker idles."""
+    by_key: dict[str, list[RunConfig]] = {}
+    for cfg in runs:
+        by_key.setdefault(ensemble_key(cfg), []).append(cfg)
+    sizes = {key: max_size for key in by_key}
+    while True:
+        groups = [members[i:i + sizes[key]] for key, members in by_key.items()
+                  for i in range(0, len(members), sizes[key])]
+        splittable = [key for key in by_key if sizes[key] > 1]
+        if len(groups) >= workers or not splittable:
+            return groups
+        biggest = max(splittable, key=lambda k: sizes[k])
+        sizes[biggest] = -(-min(sizes[biggest], len(by_key[biggest])) // 2)
+
+
+def _execute(groups: list[list[RunConfig]], out: Path, *, workers: int, scheduler: str | None,
+             data_dir: str | None, progress: bool, device: str | None, log=print):
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(todo), desc="zoo", unit="run", disable=not progress or not todo)
+    bar = tqdm(total=sum(map(len, groups)), desc="zoo", unit="run", disable=not progress or not groups)
     if scheduler:
         from dask.distributed import Client, as_completed
         with Client(scheduler) as client:
-            futures = client.map(train_run, todo, root=str(out), data_dir=data_dir, device=device, pure=False)
+            futures = client.map(train_group, groups, root=str(out), data_dir=data_dir, device=device, pure=False)
             for future in as_completed(futures):
-                bar.update(1)
-                yield future.result()
+                results = future.result()
+                bar.update(len(results))
+                yield from results
     elif workers > 1:
         from joblib import Parallel, delayed
-        jobs = (delayed(train_run)(cfg, str(out), data_dir, device=device) for cfg in todo)
-        for result in Parallel(n_jobs=workers, return_as="generator_unordered")(jobs):
-            bar.update(1)
-            yield result
+        jobs = (delayed(train_group)(group, str(out), data_dir, device=device) for group in groups)
+        for results in Parallel(n_jobs=workers, return_as="generator_unordered")(jobs):
+            bar.update(len(results))
+            yield from results
     else:
-        for cfg in todo:
-            yield train_run(cfg, out, data_dir, device=device)
-            bar.update(1)
+        for group in groups:
+            results = train_group(group, out, data_dir, device=device, log=log)
+            bar.update(len(results))
+            yield from results
     bar.close()
 
 

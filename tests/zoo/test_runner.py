@@ -128,13 +128,13 @@ def test_a_failing_run_does_not_stop_the_build(smoke, tmp_path, monkeypatch):
     profile = replace(smoke, train={**smoke.train, "max_epochs": 2}, grid={**smoke.grid, "lr": (0.001, 1e6)})
     runs = runs_of(profile)                                          # crate, crate-c x lr 0.001, 1e6
     broken = next(c for c in runs if c.model.variant == "crate-c" and c.train.lr == 0.001)
-    real_train_model = runner.train_model
+    real_train_ensemble = runner.train_ensemble
 
-    def train_model(model, data, cfg, **kw):
-        if model.config == broken.model and cfg == broken.train:
+    def train_ensemble(models, names, cfgs, data, **kw):             # the broken run fails any ensemble it is in
+        if broken.run_id in names:
             raise RuntimeError("boom")
-        return real_train_model(model, data, cfg, **kw)
-    monkeypatch.setattr(runner, "train_model", train_model)
+        return real_train_ensemble(models, names, cfgs, data, **kw)
+    monkeypatch.setattr(runner, "train_ensemble", train_ensemble)
     logged = []
     summary = build_zoo(profile, tmp_path, workers=1, progress=False, log=logged.append)
     assert (summary["done"], summary["diverged"], summary["failed"]) == (1, 2, 1)
@@ -148,8 +148,10 @@ def test_a_failing_run_does_not_stop_the_build(smoke, tmp_path, monkeypatch):
             assert table.loc[cfg.run_id, "status"] == "diverged"
             assert table.loc[cfg.run_id, "error"] == "non-finite loss or weights in epoch 1"
 
-    # once the cause is gone, the next build retries the failed run and only it
-    monkeypatch.setattr(runner, "train_model", real_train_model)
+    # its ensemble partner was retried alone and diverged as it should; once the cause is gone, the next build
+    # retries the failed run and only it
+    assert any("retrying its 2 unfinished run(s) one at a time" in line for line in logged)
+    monkeypatch.setattr(runner, "train_ensemble", real_train_ensemble)
     summary = build_zoo(profile, tmp_path, workers=1, progress=False, log=lambda *a: None)
     assert (summary["trained"], summary["skipped"], summary["done"], summary["failed"]) == (1, 3, 2, 0)
 
@@ -260,14 +262,13 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch)
     resumable = {r: e for r, e in resumable.items() if e is not None}
     assert resumable and all(1 <= e < 15 for e in resumable.values())
 
-    real_train_model = runner.train_model
+    real_train_ensemble = runner.train_ensemble
     resumed = {}
 
-    def train_model(model, data, cfg, resume=None, **kw):
-        if resume is not None:
-            resumed[RunConfig(profile.data, model.config, cfg).run_id] = resume["epoch"]
-        return real_train_model(model, data, cfg, resume=resume, **kw)
-    monkeypatch.setattr(runner, "train_model", train_model)
+    def train_ensemble(models, names, cfgs, data, resume=None, **kw):
+        resumed.update({name: state["epoch"] for name, state in zip(names, resume) if state is not None})
+        return real_train_ensemble(models, names, cfgs, data, resume=resume, **kw)
+    monkeypatch.setattr(runner, "train_ensemble", train_ensemble)
     quiet = dict(workers=1, progress=False, log=lambda *a: None)
     summary = build_zoo(profile, killed, **quiet)               # what `srrbench zoo` calls, same arguments
     assert summary["done"] == 4 and summary["skipped"] == len(done_at_kill)
@@ -276,7 +277,7 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch)
         assert (killed / "runs" / r / "metrics.json").read_bytes() == metrics
         assert store.ckpt(r, "final").read_bytes() == final
 
-    monkeypatch.setattr(runner, "train_model", real_train_model)
+    monkeypatch.setattr(runner, "train_ensemble", real_train_ensemble)
     build_zoo(profile, straight, **quiet)
     for c in runs:
         a = load_checkpoint(store.ckpt(c.run_id, "final"))
