@@ -42,6 +42,13 @@ def _add_workers(p: argparse.ArgumentParser) -> None:
                         "thread, so results do not depend on this number")
 
 
+def _add_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ensemble-size", type=int, default=None, metavar="N",
+                   help="train up to N runs that differ only in lr, dropout and seed together as one stacked "
+                        "computation (default 8); 1 trains one run at a time. The models are the same bit for bit "
+                        "either way; larger N is faster for small models and needs N times the activation memory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srrbench", description="Benchmark generalization measures (SRR, "
                                      "path-norm, sharpness, PAC-Bayes, ...) on a zoo of CRATE transformers.",
@@ -54,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workers(p)
     p.add_argument("--scheduler", default=None, help="Dask scheduler address for the zoo stage (tcp://host:port)")
     _add_device(p)
+    _add_ensemble(p)
     p.add_argument("--gap", default=None, choices=("gap_loss", "gap_acc"),
                    help="generalization gap to rank against (default: the profile's, else gap_loss)")
     _add_common(p)
@@ -65,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None,
                    help="address of a Dask distributed scheduler; runs are sent to its workers")
     _add_device(p)
+    _add_ensemble(p)
     _add_common(p)
 
     p = sub.add_parser("measures", help="compute measures on every finished run of a zoo (cached per run)")
@@ -120,6 +129,13 @@ def _workers(args) -> int:
     return args.workers or (os.cpu_count() or 1)
 
 
+def _ensemble_size(args) -> int:
+    from zoo.runner import ENSEMBLE_SIZE
+    if args.ensemble_size is not None and args.ensemble_size < 1:
+        raise ValueError(f"--ensemble-size must be >= 1, got {args.ensemble_size}")
+    return args.ensemble_size or ENSEMBLE_SIZE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -156,7 +172,7 @@ def _dispatch(args) -> int:
         from zoo import build_zoo
         summary = build_zoo(pipeline.resolve_profile(args.profile), args.out, workers=_workers(args),
                             scheduler=args.scheduler, data_dir=args.data_dir, progress=progress,
-                            device=args.device)
+                            device=args.device, ensemble_size=_ensemble_size(args))
         return 0 if summary["failed"] == 0 else 1
     if args.command == "measures":
         pipeline.measures_stage(Path(args.zoo), names=args.names, workers=_workers(args),
@@ -185,7 +201,8 @@ def _dispatch(args) -> int:
     if args.command == "run":
         out = Path(args.out) if args.out else Path("srrbench-out") / Path(args.profile).stem
         pipeline.run_pipeline(args.profile, out, workers=_workers(args), scheduler=args.scheduler,
-                              data_dir=args.data_dir, gap=args.gap, progress=progress, device=args.device)
+                              data_dir=args.data_dir, gap=args.gap, progress=progress, device=args.device,
+                              ensemble_size=_ensemble_size(args))
         return 0
     raise AssertionError(args.command)
 

@@ -5,8 +5,10 @@ training GFLOP/s against a measured large-matmul peak on this machine).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,20 +62,26 @@ def srr_per_sample_numpy_loop(Z: torch.Tensor, U: torch.Tensor, eps_sq: float) -
 
 
 def perf_srr(quick: bool) -> list[dict]:
+    """Both SRR coding rates over M samples at two scales: the default digits zoo's (N = 5 tokens, d = 64, 3
+    layers) and a CIFAR-like one (N = 65, d = 64), where the per-matrix arithmetic outweighs the loop."""
     from measures.srr import coding_rate, coding_rate_subspaces
     g = torch.Generator().manual_seed(0)
-    m, n, d, k = (64, 17, 32, 4) if quick else (512, 65, 64, 4)
-    Z = torch.relu(torch.randn(m, n, d, generator=g))
-    U = torch.linalg.qr(torch.randn(d, d, generator=g))[0].T.reshape(k, d // k, d).transpose(1, 2)
-    fast_s, fast = _timed(lambda: (coding_rate_subspaces(Z, U, 0.5) - coding_rate(Z, 0.5)).numpy(), repeat=3)
+    m = 64 if quick else 512
     rows = []
-    for label, reference in (("torch per-sample/per-head loop, N x N logdet (CRATE vis_utils style)",
-                              srr_per_sample_torch_loop),
-                             ("numpy per-sample loop, slogdet on the smaller side", srr_per_sample_numpy_loop)):
-        ref_s, ref = _timed(lambda: reference(Z, U, 0.5))
-        rows.append({"task": f"srr coding rates (M={m}, N={n}, d={d}, K={k})", "reference_s": ref_s,
-                     "fast_s": fast_s, "agree": bool(np.allclose(ref, fast, rtol=1e-7, atol=1e-7)),
-                     "detail": f"batched float64 Cholesky on the smaller Gram side vs {label}"})
+    for n, d, k, layers in ((5, 64, 4, 3), (17 if quick else 65, 64, 4, 1)):
+        Z = torch.relu(torch.randn(layers, m, n, d, generator=g))
+        U = torch.stack([torch.linalg.qr(torch.randn(d, d, generator=g))[0].T.reshape(k, d // k, d).transpose(1, 2)
+                         for _ in range(layers)])
+        fast_s, fast = _timed(lambda: np.stack([(coding_rate_subspaces(Z[l], U[l], 0.5) - coding_rate(Z[l], 0.5))
+                                                .numpy() for l in range(layers)]), repeat=3)
+        for label, reference in (("torch per-sample/per-head loop, N x N logdet (CRATE vis_utils style)",
+                                  srr_per_sample_torch_loop),
+                                 ("numpy per-sample loop, slogdet on the smaller side", srr_per_sample_numpy_loop)):
+            ref_s, ref = _timed(lambda: np.stack([reference(Z[l], U[l], 0.5) for l in range(layers)]))
+            rows.append({"task": f"srr coding rates ({layers} layer(s) x M={m} samples, N={n}, d={d}, K={k})",
+                         "reference_s": ref_s, "fast_s": fast_s,
+                         "agree": bool(np.allclose(ref, fast, rtol=1e-7, atol=1e-7)),
+                         "detail": f"batched float64 Cholesky on the smaller Gram side vs {label}"})
     return rows
 
 
@@ -97,41 +105,50 @@ def perf_sigma_search(quick: bool) -> dict | None:
             "detail": f"vmap over Monte-Carlo parameter sets vs one draw at a time (sigma' {fast:.4g} vs {ref:.4g})"}
 
 
-def perf_ensemble_step(quick: bool) -> dict:
-    """One training step (forward + backward) of K models as one vmap-batched computation vs K plain steps.
+def perf_ensemble_training(quick: bool) -> list[dict]:
+    """Ensemble training (``zoo.ensemble``) against one-model-at-a-time ``train_model`` on groups of the default
+    digits zoo (all 6 lr x dropout runs of a group, fixed epochs with no CE target so that both do the same work),
+    at one torch thread as the zoo trains; plus the ensemble with groups of one, which must give the same bits."""
+    from benchmark.profiles import resolve_profile
+    from zoo.ensemble import train_ensemble
+    from zoo.runner import cached_dataset, dataset_shape, init_model, plan_groups
+    profile = resolve_profile("default")
+    runs = profile.runs(*dataset_shape(profile.data, None))
+    data = cached_dataset(profile.data, None)
+    epochs = 1 if quick else 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for group in plan_groups(runs, 8):
+            first = group[0]
+            if first.model.variant != "crate" or (quick and (first.model.dim, first.train.batch_size) != (32, 32)):
+                continue
+            cfgs = [replace(c.train, max_epochs=epochs, target_ce=0.0) for c in group]
 
-    This decides whether ensemble training pays off on this machine; the zoo runner trains one model per
-    process until it does."""
-    import copy
-    from torch.func import functional_call, grad, stack_module_state, vmap
-    k, bs, repeat = (3, 32, 5) if quick else (6, 64, 20)
-    torch.manual_seed(0)
-    models = [build_model("crate", image_size=8, patch_size=4, channels=1, num_classes=10, dim=32, depth=3,
-                          heads=4) for _ in range(k)]
-    params, buffers = stack_module_state(models)
-    base = copy.deepcopy(models[0]).to("meta")
+            def one_at_a_time():
+                return [train_model(init_model(c), data, t) for c, t in zip(group, cfgs)]
 
-    def loss(p, b, x, y):
-        return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
-
-    batched = vmap(grad(loss), randomness="different")
-    x, y = torch.randn(k, bs, 1, 8, 8), torch.randint(0, 10, (k, bs))
-
-    def plain():
-        grads = []
-        for i, m in enumerate(models):
-            m.zero_grad()
-            F.cross_entropy(m(x[i]), y[i]).backward()
-            grads.append(m.head.weight.grad.clone())
-        return grads
-    batched(params, buffers, x, y)
-    plain()
-    fast_s, g = _timed(lambda: batched(params, buffers, x, y), repeat=repeat)
-    ref_s, ref = _timed(plain, repeat=repeat)
-    agree = all(torch.allclose(g["head.weight"][i], ref[i], atol=1e-5) for i in range(k))
-    return {"task": f"ensemble training step ({k} models, batch {bs}, forward+backward)", "reference_s": ref_s,
-            "fast_s": fast_s, "agree": bool(agree),
-            "detail": "torch.func vmap over stacked parameters vs one model at a time"}
+            def ensemble(size):
+                finals = {}
+                for i in range(0, len(group), size):
+                    members = group[i:i + size]
+                    train_ensemble([init_model(c) for c in members], [c.run_id for c in members],
+                                   cfgs[i:i + size], data, on_finish=lambda e, m, w, i=i: finals.update({i + e: (m, w)}))
+                return [finals[i] for i in range(len(group))]
+            ref_s, ref = _timed(one_at_a_time)
+            fast_s, fast = _timed(lambda: ensemble(len(group)))
+            _, single = _timed(lambda: ensemble(1))
+            close = all(math.isclose(r["train_loss"], f[0]["train_loss"], rel_tol=1e-3) for r, f in zip(ref, fast))
+            same = all(torch.equal(a[1][k], b[1][k]) for a, b in zip(fast, single) for k in a[1])
+            rows.append({"task": f"ensemble training (crate d={first.model.dim}, batch {first.train.batch_size}, "
+                                 f"{len(group)} runs x {epochs} epochs)",
+                         "reference_s": ref_s, "fast_s": fast_s, "agree": bool(close and same),
+                         "detail": "one stacked ensemble vs train_model one run at a time, 1 thread; agree = final "
+                                   "train CE within 1e-3 of one-at-a-time and weights bit-equal to groups of one"})
+    finally:
+        torch.set_num_threads(threads)
+    return rows
 
 
 def matmul_peak_gflops(size: int = 1024, repeat: int = 5) -> float:
@@ -164,7 +181,7 @@ def training_gflops(quick: bool) -> dict:
 def run_perf(out: Path, quick: bool = False, log=print) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
-    rows = [*perf_srr(quick), perf_sigma_search(quick), perf_ensemble_step(quick)]
+    rows = [*perf_ensemble_training(quick), *perf_srr(quick), perf_sigma_search(quick)]
     table = pd.DataFrame(rows)
     table["speedup"] = table["reference_s"] / table["fast_s"]
     table = table[["task", "reference_s", "fast_s", "speedup", "agree", "detail"]]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from zoo import DatasetError, ProfileError, StoreError, build_zoo
+from zoo.runner import ENSEMBLE_SIZE
 
 from .profiles import builtin_profiles, resolve_profile
 
@@ -65,14 +66,14 @@ def analysis_stage(zoo_dir: Path, gap: str | None = None, include_unreached: boo
 
 def run_pipeline(profile_name: str, out: Path, workers: int = 1, scheduler: str | None = None,
                  data_dir: str | None = None, gap: str | None = None, progress: bool = True, device: str = "cpu",
-                 log=print) -> dict:
+                 ensemble_size: int = ENSEMBLE_SIZE, log=print) -> dict:
     profile = resolve_profile(profile_name)
     start = time.perf_counter()
     timings = {}
     log(f"[1/3] zoo: training {profile.n_runs} models of profile {profile.name!r} into {out}")
     t = time.perf_counter()
     build_zoo(profile, out, workers=workers, scheduler=scheduler, data_dir=data_dir, progress=progress,
-              device=device, log=log)
+              device=device, ensemble_size=ensemble_size, log=log)
     timings["zoo"] = time.perf_counter() - t
     log("[2/3] measures: complexity measures and layer-wise SRR on every finished model")
     t = time.perf_counter()

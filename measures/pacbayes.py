@@ -18,8 +18,8 @@ reused at every bisection step (common random numbers), so drop(σ) is a determi
 is independent of measure order. Plain noise is u_j = σ·ξ_j; magnitude-aware noise is u_j = √(σ²w² + ε²)⊙ξ_j.
 ``benchmark/reference.py`` regenerates exactly these draws one at a time.
 
-Speed: the mc_samples perturbed parameter sets are stacked and evaluated in one ``vmap`` over
-``functional_call``, in chunks of samples. After each chunk the final drop is bracketed exactly (the unseen
+Speed: the mc_samples perturbed parameter sets are stacked and evaluated as one batched forward pass
+(``batched_logits``), in chunks of samples. After each chunk the final drop is bracketed exactly (the unseen
 samples can be all right or all wrong); once the bracket lies wholly above target + tolerance or below
 target − tolerance the bisection's decision is already certain and the remaining chunks are skipped. This
 never changes the result, only the cost of clearly-too-large σ.
@@ -46,6 +46,9 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+
+from zoo.models import CRATE
+from zoo.stacked import stacked_logits
 
 from .registry import register_measure
 
@@ -97,7 +100,12 @@ def standard_noise(params: dict[str, torch.Tensor], seeds: list[int]) -> dict[st
 
 
 def batched_logits(model: nn.Module, batched_params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits (S, B, classes) of S parameter sets stacked along dim 0, by vmap over ``functional_call``."""
+    """Logits (S, B, classes) of S parameter sets stacked along dim 0, eval mode.
+
+    A CRATE goes through ``zoo.stacked.stacked_logits`` (one batched matmul per layer for all S sets, bit-identical
+    to the model's own forward); any other module through vmap over ``functional_call``."""
+    if isinstance(model, CRATE):
+        return stacked_logits(model.config, batched_params, x)
     buffers = model_buffers(model)
     return vmap(lambda p: functional_call(model, (p, buffers), (x,)))(batched_params)
 
@@ -154,9 +162,8 @@ def mc_accuracy_drop(model: nn.Module, params: dict[str, torch.Tensor], xi: dict
                      chunk_size: int = CHUNK_SIZE, vectorize: bool = True) -> float:
     """mean_j [acc(w) − acc(w + u_j)] over the stacked draws ξ; ``decide_at=(low, high)`` stops early (see top).
 
-    ``vectorize=False`` evaluates the draws of a chunk one ``functional_call`` at a time instead of one vmap: the
-    same counts, and on a CPU with small models often faster (vmap splits LayerNorm and bias affines into extra
-    passes); the vmap path is the one that pays off on an accelerator.
+    ``vectorize=False`` evaluates the draws of a chunk one ``functional_call`` at a time instead of one batched
+    pass: the same counts, more slowly (kept to measure the batching's gain).
     """
     n_draws, n = next(iter(xi.values())).shape[0], len(x)
     batched = perturb(params, xi, sigma, magnitude_eps)
@@ -193,7 +200,7 @@ def sigma_search(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: in
     seed : seeds the draws (module docstring); the measures pass ``ctx.generator(salt).initial_seed()``.
     target_drop, search_steps, search_tolerance, mc_samples : the bisection rule of §8.4 (named as the options).
     magnitude_eps : None for N(0, σ²) noise; ε for N(0, σ²w² + ε²).
-    chunk_size, vectorize : samples per evaluation and vmap (True) or a loop over draws (False); see
+    chunk_size, vectorize : samples per evaluation and one batched pass (True) or a loop over draws (False); see
         ``mc_accuracy_drop``. Neither changes σ′ beyond an argmax tie.
 
     Returns

@@ -121,6 +121,8 @@ class FlatParameters:
         with torch.no_grad():
             for name in self.trainable:
                 self.params[name][row].copy_(state["model"][name])
+            for name, stacked in self.frozen.items():
+                stacked[row].copy_(state["model"][name])
             self.exp_avg[row, :self.width] = state["exp_avg"].to(self.flat.device)
             self.exp_avg_sq[row, :self.width] = state["exp_avg_sq"].to(self.flat.device)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .models import ModelConfig
+from .models import ModelConfig, ista_map, softmax_last
 
 
 @dataclass
@@ -95,15 +95,13 @@ def stacked_logits(cfg: ModelConfig, params: dict[str, torch.Tensor], images: to
         y = layer_norm(z, params[pre + "attn_norm.weight"], params[pre + "attn_norm.bias"])
         w_qkv = params[pre + "attn.qkv.weight"]                                     # (E, K*p, d) = U^T
         w = linear(y, w_qkv).reshape(e, batch, n, k, p).transpose(2, 3)             # (E, B, K, N, p)
-        attn = torch.softmax(w @ w.transpose(-1, -2) * scale, dim=-1)
+        attn = softmax_last(w @ w.transpose(-1, -2) * scale)
         s = (dropout(attn) @ w).transpose(2, 3).reshape(e, batch, n, k * p)         # (E, B, N, K*p)
         z_half = z + dropout(_output_map(cfg.variant, s, w_qkv, params, pre))
-        # ISTA (CRATE eq. 17): ReLU(x + eta (x D - x D^T D) - eta lambda), row form.
+        # ISTA (CRATE eq. 17): ReLU(x (I + eta (D - D^T D)) - eta lambda), row form.
         y = layer_norm(z_half, params[pre + "ista_norm.weight"], params[pre + "ista_norm.bias"])
-        d_mat = params[pre + "ista.weight"]
-        flat = y.reshape(e, batch * n, cfg.dim)
-        grad = torch.bmm(flat, d_mat) - torch.bmm(torch.bmm(flat, d_mat.transpose(1, 2)), d_mat)
-        z = F.relu(flat + cfg.ista_step * grad - cfg.ista_step * cfg.ista_lambda).reshape(e, batch, n, cfg.dim)
+        flat = torch.bmm(y.reshape(e, batch * n, cfg.dim), ista_map(params[pre + "ista.weight"], cfg.ista_step))
+        z = F.relu(flat - cfg.ista_step * cfg.ista_lambda).reshape(e, batch, n, cfg.dim)
     pooled = layer_norm(z[:, :, 0], params["head_norm.weight"], params["head_norm.bias"])
     return linear(pooled, params["head.weight"], params["head.bias"])
 
