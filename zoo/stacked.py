@@ -112,7 +112,7 @@ def _output_map(variant: str, s: torch.Tensor, w_qkv: torch.Tensor, params: dict
         return linear(s, params[pre + "attn.output_map.linear.weight"], params[pre + "attn.output_map.linear.bias"])
     if variant == "crate-identity":
         return s
-    e, flat = s.shape[0], s.reshape(s.shape[0], -1, s.shape[-1])
+    flat = s.reshape(s.shape[0], -1, s.shape[-1])
     if variant == "crate-t":
         out = torch.bmm(flat, w_qkv.transpose(1, 2))
     else:                                                                            # crate-c (+), crate-n (-)
