@@ -1,12 +1,12 @@
 """``srrbench perf``: each fast path against a plain reference implementation, in one process, on the same inputs.
 
 Writes ``perf.csv`` (task, reference_s, fast_s, speedup, agree, detail) and ``perf_training.csv`` (achieved
-training GFLOP/s against a measured large-matmul peak on this machine).
+training GFLOP/s, one model alone and an ensemble, against a large-matmul peak measured on this machine). Everything
+runs on one torch thread, as each worker process of the zoo and measures stages does.
 """
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo import TrainConfig, build_model, load_dataset, train_model
+from zoo.allocator import keep_freed_memory
 from zoo.store import atomic_write_text
 
 
@@ -92,7 +93,7 @@ def perf_sigma_search(quick: bool) -> dict | None:
     except ImportError as err:
         return {"task": "pac-bayes sigma search", "reference_s": float("nan"), "fast_s": float("nan"),
                 "agree": False, "detail": f"not available: {err}"}
-    data = load_dataset("digits", n_train=300)
+    data = load_dataset("digits", n_train=600)
     torch.manual_seed(0)
     model = build_model("crate", image_size=8, patch_size=4, channels=1, num_classes=10, dim=32, depth=3, heads=4)
     train_model(model, data, TrainConfig(lr=4e-3, batch_size=64, max_epochs=5 if quick else 30))
@@ -102,13 +103,13 @@ def perf_sigma_search(quick: bool) -> dict | None:
     fast_s, fast = _timed(lambda: sigma_search(model, x, y, search_steps=steps, mc_samples=draws, seed=0))
     return {"task": f"pac-bayes sigma search ({steps} bisection steps x {draws} draws, {len(x)} samples)",
             "reference_s": ref_s, "fast_s": fast_s, "agree": bool(abs(ref - fast) <= 1e-6 * max(1.0, abs(ref))),
-            "detail": f"vmap over Monte-Carlo parameter sets vs one draw at a time (sigma' {fast:.4g} vs {ref:.4g})"}
+            "detail": f"Monte-Carlo parameter sets in one stacked forward vs one draw at a time (sigma' {fast:.4g} vs {ref:.4g})"}
 
 
 def perf_ensemble_training(quick: bool) -> list[dict]:
     """Ensemble training (``zoo.ensemble``) against one-model-at-a-time ``train_model`` on groups of the default
-    digits zoo (all 6 lr x dropout runs of a group, fixed epochs with no CE target so that both do the same work),
-    at one torch thread as the zoo trains; plus the ensemble with groups of one, which must give the same bits."""
+    digits zoo (all 6 lr x dropout runs of a group, fixed epochs with no CE target so that both do the same work);
+    plus the ensemble with groups of one, which must give the same bits."""
     from benchmark.profiles import resolve_profile
     from zoo.ensemble import train_ensemble
     from zoo.runner import cached_dataset, dataset_shape, init_model, plan_groups
@@ -116,38 +117,36 @@ def perf_ensemble_training(quick: bool) -> list[dict]:
     runs = profile.runs(*dataset_shape(profile.data, None))
     data = cached_dataset(profile.data, None)
     epochs = 1 if quick else 3
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    warm = replace(runs[0].train, max_epochs=1, target_ce=0.0)   # first-call costs (allocations, dispatch) go here
+    train_model(init_model(runs[0]), data, warm)
+    train_ensemble([init_model(runs[0])], ["warm-up"], [warm], data)
     rows = []
-    try:
-        for group in plan_groups(runs, 8):
-            first = group[0]
-            if first.model.variant != "crate" or (quick and (first.model.dim, first.train.batch_size) != (32, 32)):
-                continue
-            cfgs = [replace(c.train, max_epochs=epochs, target_ce=0.0) for c in group]
+    for group in plan_groups(runs, 8):
+        first = group[0]
+        if first.model.variant != "crate" or (quick and (first.model.dim, first.train.batch_size) != (32, 32)):
+            continue
+        cfgs = [replace(c.train, max_epochs=epochs, target_ce=0.0) for c in group]
 
-            def one_at_a_time():
-                return [train_model(init_model(c), data, t) for c, t in zip(group, cfgs)]
+        def one_at_a_time():
+            return [train_model(init_model(c), data, t) for c, t in zip(group, cfgs)]
 
-            def ensemble(size):
-                finals = {}
-                for i in range(0, len(group), size):
-                    members = group[i:i + size]
-                    train_ensemble([init_model(c) for c in members], [c.run_id for c in members],
-                                   cfgs[i:i + size], data, on_finish=lambda e, m, w, i=i: finals.update({i + e: (m, w)}))
-                return [finals[i] for i in range(len(group))]
-            ref_s, ref = _timed(one_at_a_time)
-            fast_s, fast = _timed(lambda: ensemble(len(group)))
-            _, single = _timed(lambda: ensemble(1))
-            close = all(math.isclose(r["train_loss"], f[0]["train_loss"], rel_tol=1e-3) for r, f in zip(ref, fast))
-            same = all(torch.equal(a[1][k], b[1][k]) for a, b in zip(fast, single) for k in a[1])
-            rows.append({"task": f"ensemble training (crate d={first.model.dim}, batch {first.train.batch_size}, "
-                                 f"{len(group)} runs x {epochs} epochs)",
-                         "reference_s": ref_s, "fast_s": fast_s, "agree": bool(close and same),
-                         "detail": "one stacked ensemble vs train_model one run at a time, 1 thread; agree = final "
-                                   "train CE within 1e-3 of one-at-a-time and weights bit-equal to groups of one"})
-    finally:
-        torch.set_num_threads(threads)
+        def ensemble(size):
+            finals = {}
+            for i in range(0, len(group), size):
+                members = group[i:i + size]
+                train_ensemble([init_model(c) for c in members], [c.run_id for c in members], cfgs[i:i + size],
+                               data, on_finish=lambda e, m, w, i=i: finals.update({i + e: (m, w)}))
+            return [finals[i] for i in range(len(group))]
+        ref_s, ref = _timed(one_at_a_time)
+        fast_s, fast = _timed(lambda: ensemble(len(group)))
+        _, single = _timed(lambda: ensemble(1))
+        close = all(math.isclose(r["train_loss"], f[0]["train_loss"], rel_tol=1e-3) for r, f in zip(ref, fast))
+        same = all(torch.equal(a[1][k], b[1][k]) for a, b in zip(fast, single) for k in a[1])
+        rows.append({"task": f"ensemble training (crate d={first.model.dim}, batch {first.train.batch_size}, "
+                             f"{len(group)} runs x {epochs} epochs)",
+                     "reference_s": ref_s, "fast_s": fast_s, "agree": bool(close and same),
+                     "detail": "one stacked ensemble vs train_model one run at a time; agree = final train CE "
+                               "within 1e-3 of one-at-a-time and weights bit-equal to groups of one"})
     return rows
 
 
@@ -158,39 +157,56 @@ def matmul_peak_gflops(size: int = 1024, repeat: int = 5) -> float:
     return 2 * size ** 3 / seconds / 1e9
 
 
-def training_gflops(quick: bool) -> dict:
+def training_gflops(quick: bool) -> list[dict]:
+    """Achieved training GFLOP/s (forward + backward FLOPs counted by torch) of one model trained alone and of 6
+    trained as one ensemble, against a large-matmul peak measured here at the same thread count."""
     from torch.utils.flop_counter import FlopCounterMode
+    from zoo.ensemble import train_ensemble
     data = load_dataset("digits", n_train=600)
-    torch.manual_seed(0)
-    model = build_model("crate", image_size=8, patch_size=4, channels=1, num_classes=10, dim=64, depth=3, heads=4)
-    bs = 64
-    x, y = data.x_train[:bs], data.y_train[:bs]
+    bs, members = 64, 6
+
+    def new_model(seed=0):
+        torch.manual_seed(seed)
+        return build_model("crate", image_size=8, patch_size=4, channels=1, num_classes=10, dim=64, depth=3, heads=4)
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(new_model()(data.x_train[:bs]), data.y_train[:bs]).backward()
     flops_per_step = counter.get_total_flops()
-    epochs = 2 if quick else 10
-    cfg = TrainConfig(lr=2e-3, batch_size=bs, max_epochs=epochs, target_ce=0.0)
-    seconds, metrics = _timed(lambda: train_model(model, data, cfg))
-    achieved = flops_per_step * metrics["steps"] / seconds / 1e9
+    cfg = TrainConfig(lr=2e-3, batch_size=bs, max_epochs=2 if quick else 10, target_ce=0.0)
+    alone_s, metrics = _timed(lambda: train_model(new_model(), data, cfg))
+    cfgs = [replace(cfg, seed=s) for s in range(members)]
+    together_s, _ = _timed(lambda: train_ensemble([new_model(s) for s in range(members)],
+                                                  [str(s) for s in range(members)], cfgs, data))
     peak = matmul_peak_gflops(512 if quick else 1024)
-    return {"model": "crate dim 64 depth 3, 5 tokens, batch 64", "threads": torch.get_num_threads(),
-            "flops_per_step": flops_per_step, "steps": metrics["steps"], "seconds": seconds,
-            "achieved_gflops": achieved, "matmul_peak_gflops": peak, "fraction_of_peak": achieved / peak}
+    rows = []
+    for how, n_models, seconds in (("one model (train_model)", 1, alone_s),
+                                   (f"{members} models as one ensemble", members, together_s)):
+        achieved = flops_per_step * n_models * metrics["steps"] / seconds / 1e9
+        rows.append({"trainer": how, "model": f"crate dim 64 depth 3, 5 tokens, batch {bs}",
+                     "threads": torch.get_num_threads(), "flops_per_step": flops_per_step, "steps": metrics["steps"],
+                     "seconds": seconds, "achieved_gflops": achieved, "matmul_peak_gflops": peak,
+                     "fraction_of_peak": achieved / peak})
+    return rows
 
 
 def run_perf(out: Path, quick: bool = False, log=print) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(os.cpu_count() or 1)
-    rows = [*perf_ensemble_training(quick), *perf_srr(quick), perf_sigma_search(quick)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as the zoo and measures stages run: one torch thread per worker process
+    keep_freed_memory()        # as they do too; it speeds the reference and the fast paths alike
+    try:
+        rows = [*perf_ensemble_training(quick), *perf_srr(quick), perf_sigma_search(quick)]
+        training = pd.DataFrame(training_gflops(quick))
+    finally:
+        torch.set_num_threads(threads)
     table = pd.DataFrame(rows)
     table["speedup"] = table["reference_s"] / table["fast_s"]
     table = table[["task", "reference_s", "fast_s", "speedup", "agree", "detail"]]
     atomic_write_text(out / "perf.csv", table.to_csv(index=False))
-    training = pd.DataFrame([training_gflops(quick)])
     atomic_write_text(out / "perf_training.csv", training.to_csv(index=False))
     for r in table.itertuples():
         log(f"{r.task}: reference {r.reference_s:.3f} s, fast {r.fast_s:.3f} s, x{r.speedup:.1f}, agree={r.agree}")
-    t = training.iloc[0]
-    log(f"training: {t.achieved_gflops:.2f} GFLOP/s achieved vs {t.matmul_peak_gflops:.1f} GFLOP/s matmul peak "
-        f"({100 * t.fraction_of_peak:.1f}%) -> {out / 'perf.csv'}")
+    for t in training.itertuples():
+        log(f"training, {t.trainer}: {t.achieved_gflops:.2f} GFLOP/s achieved vs {t.matmul_peak_gflops:.1f} GFLOP/s "
+            f"matmul peak ({100 * t.fraction_of_peak:.1f}%)")
+    log(f"-> {out / 'perf.csv'}, {out / 'perf_training.csv'}")
     return table

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from zoo.allocator import keep_freed_memory
 from zoo.data import Dataset
 from zoo.models import CRATE
 from zoo.runner import cached_dataset
@@ -128,6 +129,7 @@ def _run_measures(zoo_dir: str, run_id: str, names: list[str], options: dict, da
     (one line per cache discarded or run that could not be loaded)."""
     if threads:
         torch.set_num_threads(threads)
+    keep_freed_memory()
     store = RunStore(zoo_dir)
     cache_path = store.run_dir(run_id) / "measures.json"
     notes: list[str] = []

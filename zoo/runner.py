@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .allocator import keep_freed_memory
 from .data import load_dataset
 from .ensemble import STATE_FORMAT, ensemble_key, train_ensemble
 from .grid import DataConfig, Profile, RunConfig
@@ -75,6 +76,7 @@ def train_group(cfgs: list[RunConfig], root: str | Path, data_dir: str | None = 
     """
     if threads:
         torch.set_num_threads(threads)
+    keep_freed_memory()
     store = RunStore(root)
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as held:

@@ -208,6 +208,12 @@ def test_zero_workers(tmp_path, capsys):
     assert_one_line_error(code, err, ["--workers must be >= 1", "got 0"])
 
 
+def test_zero_ensemble_size(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "zoo", "--profile", "smoke", "--out", str(tmp_path), "--ensemble-size", "0")
+    assert_one_line_error(code, err, ["--ensemble-size must be >= 1", "got 0"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_check_of_a_directory_that_is_not_a_zoo(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "check", "--zoo", str(tmp_path))
     assert code == 1 and f"{tmp_path / 'runs'}: no runs directory" in out
