@@ -235,17 +235,15 @@ def train_ensemble(models: list[CRATE], names: list[str], train_cfgs: list[Train
                 finite = torch.isfinite(losses).tolist()
                 if all(finite):
                     break
-                # a member whose loss is not finite stops here, as in train_model; the others redo the step
-                for row, ok in enumerate(finite):
-                    if not ok:
-                        members[active[row]].diverged_at = members[active[row]].epoch + 1
-                        members[active[row]].status = "diverged"
-                keep = [row for row, ok in enumerate(finite) if ok]
+                # a member whose loss is not finite stops in this epoch, as in train_model; the others redo the
+                # step with the same dropout draws
                 for row, e in enumerate(active):
                     members[e].dropout_rng.set_state(rng_states[row])
                     if not finite[row]:
-                        members[e].epoch += 1
-                orders = orders[keep]
+                        m = members[e]
+                        m.epoch += 1
+                        m.status, m.diverged_at = "diverged", m.epoch
+                orders = orders[[row for row, ok in enumerate(finite) if ok]]
                 finish([e for row, e in enumerate(active) if not finite[row]])
             if not active:
                 break
