@@ -154,8 +154,9 @@ def softmax_last(scores: torch.Tensor) -> torch.Tensor:
     """softmax over the last axis, computed with that axis moved to the front.
 
     torch's CPU softmax over a short last axis (N tokens, 5 for digits) is ~20x slower than over a long leading one
-    (measured). The other axes are flattened and zero-padded to a multiple of 64 columns so that every column goes
-    through the same vectorised code: a column's result then does not depend on how many others there are, which
+    (measured on 86k rows: 7.3 ms vs 0.3 ms; with the layout copies below this function takes ~2.5 ms). The other
+    axes are flattened and zero-padded to a multiple of 64 columns so that every column goes through the same
+    vectorised code: a column's result then does not depend on how many others there are, which
     keeps this model and the stacked ensemble forward (``zoo.stacked``) equal bit for bit.
     """
     moved = scores.movedim(-1, 0)
