@@ -163,7 +163,7 @@ def mc_accuracy_drop(model: nn.Module, params: dict[str, torch.Tensor], xi: dict
     """mean_j [acc(w) − acc(w + u_j)] over the stacked draws ξ; ``decide_at=(low, high)`` stops early (see top).
 
     ``vectorize=False`` evaluates the draws of a chunk one ``functional_call`` at a time instead of one batched
-    pass: the same counts, more slowly (kept to measure the batching's gain).
+    pass: the same counts, more slowly (kept as an independent check of the batched pass, which the tests use).
     """
     n_draws, n = next(iter(xi.values())).shape[0], len(x)
     batched = perturb(params, xi, sigma, magnitude_eps)

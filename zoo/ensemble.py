@@ -165,15 +165,16 @@ def evaluate_members(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.T
 def train_ensemble(models: list[CRATE], names: list[str], train_cfgs: list[TrainConfig], data: Dataset, *,
                    resume: list[dict | None] | None = None,
                    on_epoch: Callable[[int, int, Callable[[], dict], dict], None] | None = None,
-                   on_finish: Callable[[int, dict, dict], None] | None = None, device: str | None = "cpu") -> list[dict]:
+                   on_finish: Callable[[int, dict, dict], None] | None = None,
+                   device: str | None = "cpu") -> list[dict]:
     """Train ``models`` (one architecture; same batch size, schedule and CE target) together; return their metrics.
 
     ``train_cfgs[e]`` may differ from the others in ``lr`` and ``seed`` only; the dropout rate comes from
     ``models[e].config``. ``resume[e]`` is a state built by ``on_epoch``'s ``get_state`` for member e (or None to
     start from the model's current weights); members may resume from different epochs.
-    ``on_epoch(e, epoch, get_state, record)`` runs after every epoch of member e, ``on_finish(e, metrics, weights)`` once
-    when member e stops (target reached, diverged, or max_epochs), with its final state dict, so that its results
-    are saved at once.
+    ``on_epoch(e, epoch, get_state, record)`` runs after every epoch of member e; ``on_finish(e, metrics, weights)``
+    runs once when member e stops (target reached, diverged, or max_epochs), with its final state dict, so that its
+    results are saved at once.
     """
     cfgs = [c.validate() for c in train_cfgs]
     base = cfgs[0]

@@ -67,6 +67,15 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer (CRATE code, paper-notes §3.1): patches -> LN -> Linear -> LN, cls token, position embedding.
 
+def patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(..., c, h, w) -> (..., h/s * w/s, s*s*c), CRATE's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'."""
+    *lead, c, h, w = images.shape
+    s = patch_size
+    x = images.reshape(*lead, c, h // s, s, w // s, s)
+    x = x.permute(*range(len(lead)), -4, -2, -3, -1, -5)          # (..., h/s, w/s, s, s, c)
+    return x.reshape(*lead, (h // s) * (w // s), s * s * c)
+
+
 class Tokenizer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -80,11 +89,7 @@ class Tokenizer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def patches(self, images: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = images.shape
-        s = self.patch_size
-        x = images.reshape(b, c, h // s, s, w // s, s)
-        # (b, h/s, w/s, s, s, c) flattened as CRATE's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'
-        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // s) * (w // s), s * s * c)
+        return patches(images, self.patch_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.embed_norm(self.patch_embed(self.patch_norm(self.patches(images))))  # (B, n, d)

@@ -32,7 +32,6 @@ from .train import resolve_device
 MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "seed", "dataset",
                  "status", "reached_target", "epochs", "steps", "seconds", "train_loss", "test_loss",
                  "train_acc", "test_acc", "gap_loss", "gap_acc", "group_id", "error"]
-FINISHED = ("done", "diverged")
 
 
 @functools.lru_cache(maxsize=4)

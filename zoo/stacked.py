@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .models import ModelConfig, ista_map, softmax_last
+from .models import ModelConfig, ista_map, patches, softmax_last
 
 
 @dataclass
@@ -59,15 +59,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     out = (torch.bmm(flat, weight.transpose(1, 2)) if bias is None
            else torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)))
     return out.reshape(*x.shape[:-1], weight.shape[1])
-
-
-def patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(..., c, h, w) -> (..., h/s * w/s, s*s*c), CRATE's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)'."""
-    *lead, c, h, w = images.shape
-    s = patch_size
-    x = images.reshape(*lead, c, h // s, s, w // s, s)
-    x = x.permute(*range(len(lead)), -4, -2, -3, -1, -5)          # (..., h/s, w/s, s, s, c)
-    return x.reshape(*lead, (h // s) * (w // s), s * s * c)
 
 
 def stacked_logits(cfg: ModelConfig, params: dict[str, torch.Tensor], images: torch.Tensor,

@@ -89,12 +89,15 @@ def test_layer_norm_equals_functional_layer_norm_per_member():
         assert torch.equal(got[e], F.layer_norm(x[e], (16,), weight[e], bias[e])), e
 
 
-def test_patches_equal_the_tokenizers_for_three_channels():
-    tokenizer = Tokenizer(tiny(channels=3))
+def test_patches_are_crates_layout_for_three_channels():
+    # 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)': patch (i, j) row-major, each flattened pixel by pixel, channels inner
     images = torch.arange(2 * 3 * 8 * 12, dtype=torch.float32).reshape(2, 3, 8, 12)  # every value distinct
-    expected = tokenizer.patches(images)
-    assert expected.shape == (2, 2 * 3, 4 * 4 * 3)
-    assert torch.equal(patches(images, 4), expected)
+    got = patches(images, 4)
+    assert got.shape == (2, 2 * 3, 4 * 4 * 3)
+    for i in range(2):
+        for j in range(3):
+            block = images[:, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4]                 # (b, c, p1, p2)
+            assert torch.equal(got[:, 3 * i + j], block.permute(0, 2, 3, 1).reshape(2, -1)), (i, j)
 
 
 def test_patches_take_a_leading_member_axis():
