@@ -169,10 +169,9 @@ def _dispatch(args) -> int:
         print(table.to_string(index=False))
         return 0
     if args.command == "zoo":
-        from zoo import build_zoo
-        summary = build_zoo(pipeline.resolve_profile(args.profile), args.out, workers=_workers(args),
-                            scheduler=args.scheduler, data_dir=args.data_dir, progress=progress,
-                            device=args.device, ensemble_size=_ensemble_size(args))
+        summary = pipeline.zoo_stage(pipeline.resolve_profile(args.profile), Path(args.out), workers=_workers(args),
+                                     scheduler=args.scheduler, data_dir=args.data_dir, progress=progress,
+                                     device=args.device, ensemble_size=_ensemble_size(args))
         return 0 if summary["failed"] == 0 else 1
     if args.command == "measures":
         pipeline.measures_stage(Path(args.zoo), names=args.names, workers=_workers(args),

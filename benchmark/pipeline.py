@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo import DatasetError, ProfileError, StoreError, build_zoo
-from zoo.runner import ENSEMBLE_SIZE
+from zoo import DatasetError, StoreError, build_zoo
+from zoo.runner import ENSEMBLE_SIZE, dataset_shape
+from zoo.store import atomic_write_text
 
-from .profiles import builtin_profiles, resolve_profile
+from .profiles import AnalysisSettings, Profile, ProfileError, builtin_profiles, resolve_profile
 
 # errors caused by the user's input: reported in one line with exit code 2
 USER_ERRORS = (ProfileError, DatasetError, StoreError, KeyError, FileNotFoundError, ValueError)
@@ -24,7 +25,7 @@ def profiles_table() -> pd.DataFrame:
     for name in builtin_profiles():
         p = resolve_profile(name)
         rows.append({"profile": name, "dataset": p.data.dataset, "models": p.n_runs,
-                     "widths": ",".join(map(str, p.grid["width"])), "estimate": p.estimate,
+                     "widths": ",".join(map(str, p.grid.get("width", ("32",)))), "estimate": p.estimate,
                      "description": p.description})
     return pd.DataFrame(rows)
 
@@ -33,6 +34,18 @@ def _profile_of(zoo_dir: Path):
     """The profile stored beside a zoo, validated like any other (None for a zoo built without one)."""
     path = zoo_dir / "profile.toml"
     return resolve_profile(path) if path.exists() and path.read_text().strip() else None
+
+
+def zoo_stage(profile: Profile, out: Path, workers: int = 1, scheduler: str | None = None,
+              data_dir: str | None = None, progress: bool = True, device: str = "cpu",
+              ensemble_size: int = ENSEMBLE_SIZE, log=print) -> dict:
+    """Train the profile's runs into ``out``, with the profile's TOML stored beside them (profile.toml)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "profile.toml", profile.source or "")
+    runs = profile.runs(*dataset_shape(profile.data, data_dir))
+    return build_zoo(runs, out, name=profile.name, workers=workers, scheduler=scheduler, data_dir=data_dir,
+                     progress=progress, device=device, ensemble_size=ensemble_size, log=log)
 
 
 def measure_settings(profile) -> tuple[list[str] | None, dict]:
@@ -58,10 +71,9 @@ def analysis_stage(zoo_dir: Path, gap: str | None = None, include_unreached: boo
                    n_boot: int | None = None, log=print) -> dict:
     from analysis import analyze_zoo
     profile = _profile_of(zoo_dir)
-    settings = dict(profile.analysis) if profile else {}
-    include_unreached = include_unreached or bool(settings.get("include_unreached", False))
-    return analyze_zoo(zoo_dir, gap=gap or settings.get("gap", "gap_loss"), include_unreached=include_unreached,
-                       n_boot=n_boot or settings.get("n_boot", 200), seed=settings.get("seed", 0), log=log)
+    settings = profile.analysis if profile else AnalysisSettings()
+    return analyze_zoo(zoo_dir, gap=gap or settings.gap, include_unreached=include_unreached or settings.include_unreached,
+                       n_boot=n_boot or settings.n_boot, seed=settings.seed, log=log)
 
 
 def run_pipeline(profile_name: str, out: Path, workers: int = 1, scheduler: str | None = None,
@@ -72,7 +84,7 @@ def run_pipeline(profile_name: str, out: Path, workers: int = 1, scheduler: str 
     timings = {}
     log(f"[1/3] zoo: training {profile.n_runs} models of profile {profile.name!r} into {out}")
     t = time.perf_counter()
-    build_zoo(profile, out, workers=workers, scheduler=scheduler, data_dir=data_dir, progress=progress,
+    zoo_stage(profile, out, workers=workers, scheduler=scheduler, data_dir=data_dir, progress=progress,
               device=device, ensemble_size=ensemble_size, log=log)
     timings["zoo"] = time.perf_counter() - t
     log("[2/3] measures: complexity measures and layer-wise SRR on every finished model")

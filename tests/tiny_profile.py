@@ -20,3 +20,9 @@ lr = [0.003, 0.01]
 batch_size = [32]
 width = [16]
 """
+
+
+def runs_of(profile):
+    """The run configurations of a profile, as `srrbench zoo` hands them to ``zoo.build_zoo``."""
+    from zoo.runner import dataset_shape
+    return profile.runs(*dataset_shape(profile.data, None))

@@ -1,12 +1,13 @@
-"""The model zoo: CRATE variants, datasets, training to a CE target, the grid, the run store and the runner."""
+"""The model zoo: CRATE variants, datasets, run configurations, training to a CE target, the run store and the
+runner."""
 from .data import DATASETS, Dataset, DatasetError, load_dataset
-from .grid import DataConfig, Profile, ProfileError, RunConfig, load_profile
+from .config import DataConfig, RunConfig, config_from_dict
 from .models import MAIN_VARIANTS, VARIANTS, CRATE, ModelConfig, build_model, count_parameters
 from .runner import build_zoo, load_zoo, train_run
 from .store import RunStore, StoreError
 from .train import TrainConfig, evaluate, train_model
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "load_dataset", "DataConfig", "Profile", "ProfileError",
-           "RunConfig", "load_profile", "MAIN_VARIANTS", "VARIANTS", "CRATE", "ModelConfig",
+__all__ = ["DATASETS", "Dataset", "DatasetError", "load_dataset", "DataConfig", "RunConfig",
+           "config_from_dict", "MAIN_VARIANTS", "VARIANTS", "CRATE", "ModelConfig",
            "build_model", "count_parameters", "build_zoo", "load_zoo", "train_run", "RunStore", "StoreError",
            "TrainConfig", "evaluate", "train_model"]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset
-from .grid import RunConfig, config_hash
+from .config import RunConfig, config_hash
 from .models import CRATE, ModelConfig
 from .stacked import StackedDropout, stacked_logits
 from .train import TrainConfig, lr_factor, resolve_device, summarize

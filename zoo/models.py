@@ -48,7 +48,7 @@ class ModelConfig:
         for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "depth", "heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"model {name} must be a positive integer, got {value!r}")
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim_head is None and self.dim % self.heads:

@@ -1,4 +1,4 @@
-"""Build a zoo: train every run of a profile's grid, locally in parallel or on a Dask cluster, resumably.
+"""Build a zoo: train a list of run configurations, locally in parallel or on a Dask cluster, resumably.
 
 Runs that differ only in lr, dropout and seed form ensemble groups that train as one stacked computation
 (``zoo.ensemble``); each run still gets its own checkpoints, state and metrics, equal bit for bit to training it
@@ -24,12 +24,13 @@ import torch
 from .allocator import keep_freed_memory
 from .data import load_dataset
 from .ensemble import STATE_FORMAT, ensemble_key, train_ensemble
-from .grid import DataConfig, Profile, RunConfig
+from .config import DataConfig, RunConfig
 from .models import CRATE
 from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, save_checkpoint
 from .train import resolve_device
 
-MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "seed", "dataset",
+MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "n_train", "weight_decay",
+                 "seed", "dataset",
                  "status", "reached_target", "epochs", "steps", "seconds", "train_loss", "test_loss",
                  "train_acc", "test_acc", "gap_loss", "gap_acc", "group_id", "error"]
 
@@ -173,10 +174,11 @@ def _prepare_member(cfg: RunConfig, model: CRATE, store: RunStore, log) -> dict 
 
 # ---------------------------------------------------------------------------------------------------------
 
-def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler: str | None = None,
-              data_dir: str | None = None, progress: bool = True, device: str | None = "cpu",
-              ensemble_size: int = ENSEMBLE_SIZE, log=print) -> dict:
-    """Train every run of ``profile`` into ``out``; return a summary (counts by status, wall time).
+def build_zoo(runs: list[RunConfig], out: str | Path, *, name: str = "zoo", workers: int = 1,
+              scheduler: str | None = None, data_dir: str | None = None, progress: bool = True,
+              device: str | None = "cpu", ensemble_size: int = ENSEMBLE_SIZE, log=print) -> dict:
+    """Train every run of ``runs`` into ``out`` (``name`` labels the log lines); return a summary (counts by status,
+    wall time). models.csv lists ``runs`` in their order.
 
     ``device`` (cpu, cuda, auto) is where each run trains; it is not part of the runs' configs. Runs that differ
     only in lr, dropout and seed train together, up to ``ensemble_size`` at a time (1: one run at a time); the
@@ -186,12 +188,10 @@ def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler:
         raise ValueError(f"ensemble size must be a positive integer, got {ensemble_size!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "profile.toml", profile.source or "")
-    runs = profile.runs(*dataset_shape(profile.data, data_dir))
     store = RunStore(out)
     todo = [cfg for cfg in runs if not _admit(store, cfg, log)]
     groups = plan_groups(todo, ensemble_size, 1 if scheduler else workers)
-    log(f"zoo {profile.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train "
+    log(f"zoo {name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train "
         f"in {len(groups)} ensemble(s) ({'dask ' + scheduler if scheduler else f'{workers} worker(s)'})")
     start = time.perf_counter()
     results = list(_execute(groups, out, workers=workers, scheduler=scheduler, data_dir=data_dir,
@@ -204,7 +204,7 @@ def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler:
                "failed": counts.get("failed", 0), "locked": sum(r.get("status") == "locked" for r in results),
                "reached_target": int(table["reached_target"].fillna(False).astype(bool).sum()) if len(table) else 0,
                "seconds": time.perf_counter() - start}
-    log(f"zoo {profile.name}: {summary['done']} done ({summary['reached_target']} reached the CE target), "
+    log(f"zoo {name}: {summary['done']} done ({summary['reached_target']} reached the CE target), "
         f"{summary['diverged']} diverged, {summary['failed']} failed, {summary['skipped']} skipped, "
         f"{summary['locked']} locked by another process; {summary['seconds']:.1f} s -> {out / 'models.csv'}")
     for r in results:

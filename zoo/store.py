@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .grid import RunConfig
+from .config import RunConfig
 
 try:
     import fcntl
@@ -237,7 +237,7 @@ class RunStore:
         return run_id
 
     def check_config(self, run_id: str) -> RunConfig:
-        from .grid import config_hash
+        from .config import config_hash
         path = self.run_dir(run_id) / "config.json"
         d = read_json(path)
         if config_hash(d) != run_id:

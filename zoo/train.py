@@ -38,9 +38,11 @@ class TrainConfig:
         for name in ("batch_size", "max_epochs", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"train {name} must be a positive integer, got {value!r}")
+                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
         if self.warmup_epochs < 0 or self.weight_decay < 0 or self.target_ce < 0:
             raise ValueError("train warmup_epochs, weight_decay and target_ce must be >= 0")
+        if any(not isinstance(e, int) or e <= 0 for e in self.checkpoint_epochs):
+            raise ValueError(f"train checkpoint_epochs must be positive epochs, got {list(self.checkpoint_epochs)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         return self

@@ -53,12 +53,12 @@ def experiment_zoo(out: Path, zoo: Path | None, quick: bool, experiment: str, da
         raise ValueError(f"experiment {experiment!r} needs a built zoo: pass --zoo DIR (e.g. after `srrbench run "
                          f"--profile default --out DIR`), or --quick to build the tiny smoke zoo into "
                          f"{Path(out) / 'zoo'}")
-    from zoo import build_zoo
     from measures import compute_zoo
+    from benchmark.pipeline import zoo_stage
     from benchmark.profiles import resolve_profile
     zoo = Path(out) / "zoo"
     with torch_threads(1):   # tiny models: see run_jobs
-        build_zoo(resolve_profile("smoke"), zoo, workers=workers, data_dir=data_dir, progress=False, log=log)
+        zoo_stage(resolve_profile("smoke"), zoo, workers=workers, data_dir=data_dir, progress=False, log=log)
     with torch_threads(1):
         compute_zoo(zoo, list(SRR_MEASURES), options=SMOKE_MEASURE_OPTIONS, workers=1, data_dir=data_dir,
                     progress=False, log=log)
@@ -74,7 +74,7 @@ def measure_options_of(zoo: Path) -> dict:
         return dict(read_json(path))
     profile = Path(zoo) / "profile.toml"
     if profile.exists() and profile.read_text().strip():
-        from zoo import load_profile
+        from benchmark.profiles import load_profile
         settings = dict(load_profile(profile).measures)
         settings.pop("names", None)
         return settings

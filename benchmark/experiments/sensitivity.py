@@ -190,6 +190,6 @@ def run(out: Path, *, zoo: Path | None = None, quick: bool = False, workers: int
 def _profile_gap(zoo: Path) -> str:
     path = zoo / "profile.toml"
     if path.exists() and path.read_text().strip():
-        from zoo import load_profile
-        return load_profile(path).analysis.get("gap", "gap_loss")
+        from benchmark.profiles import load_profile
+        return load_profile(path).analysis.gap
     return "gap_loss"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from zoo.grid import ProfileError
+from benchmark.profiles import ProfileError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,8 +50,8 @@ def edit(old, new):
 BAD_PROFILES = {
     "unknown key": (edit("max_epochs = 1", "max_epoch = 1"), ["train.max_epoch", "allowed in [train]", "max_epochs"]),
     "unknown section": ("[optimizer]\nname = 'sgd'\n" + BASE, ["optimizer", "allowed in [top level]", "grid"]),
-    "unknown grid axis": (edit("width = [16]", "width = [16]\ndepth = [1, 2]"), ["grid.depth", "allowed in [grid]"]),
-    "string for a number": (edit("lr = [0.01]", 'lr = ["fast"]'), ["grid.lr", "int or float", "'fast'"]),
+    "unknown grid axis": (edit("width = [16]", "width = [16]\nheads = [1, 2]"), ["grid.heads", "allowed in [grid]"]),
+    "string for a number": (edit("lr = [0.01]", 'lr = ["fast"]'), ["grid.lr", "must be a number", "'fast'"]),
     "string for an int": (edit("heads = 2", 'heads = "two"'), ["model.heads", "must be int", "'two'"]),
     "float for an int": (edit("max_epochs = 1", "max_epochs = 1.5"), ["train.max_epochs", "must be int"]),
     "bool for an int": (edit("width = [16]", "width = [true]"), ["grid.width", "must be int", "True"]),
@@ -237,7 +237,8 @@ def test_console_script_prints_one_line_and_a_traceback_only_with_debug(tmp_path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     plain = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert plain.returncode == 2 and plain.stdout == ""
-    assert plain.stderr == "srrbench: error: profile key grid.width must be positive, got -16\n"
+    message = "profile 'bad': [model] with grid.width = -16: model.dim must be a positive integer, got -16"
+    assert plain.stderr == f"srrbench: error: {message}\n"
     debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, env=env, timeout=60)
     assert debug.returncode == 1 and debug.stderr.startswith("Traceback (most recent call last):")
-    assert debug.stderr.rstrip().endswith("zoo.grid.ProfileError: profile key grid.width must be positive, got -16")
+    assert debug.stderr.rstrip().endswith(f"benchmark.profiles.ProfileError: {message}")

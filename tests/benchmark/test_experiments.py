@@ -13,6 +13,7 @@ from benchmark.experiments import EXPERIMENTS, ascent, layerwise, regularize, se
 from benchmark.experiments.artifacts import torch_threads
 from benchmark.profiles import resolve_profile
 from measures import compute_zoo
+from tests.tiny_profile import runs_of
 from zoo import build_zoo, load_dataset
 
 
@@ -24,7 +25,7 @@ def quiet(*args, **kwargs):
 def smoke_zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke-zoo")
     with torch_threads(1):
-        build_zoo(resolve_profile("smoke"), root, workers=1, progress=False, log=quiet)
+        build_zoo(runs_of(resolve_profile("smoke")), root, workers=1, progress=False, log=quiet)
         compute_zoo(root, list(sensitivity.MEASURES), options={"n_samples": 64}, progress=False, log=quiet)
     return root
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from measures import compute_zoo, register_measure, unregister_measure
+from tests.tiny_profile import runs_of
 from measures.layerwise import layerwise_zoo
 from zoo.runner import build_zoo, load_zoo
 
@@ -25,7 +26,7 @@ OPTIONS = {"n_samples": 32}
 @pytest.fixture(scope="module")
 def measured(profile, tmp_path_factory):
     out = tmp_path_factory.mktemp("measured")
-    build_zoo(profile, out, workers=1, progress=False, log=lambda *a: None)
+    build_zoo(runs_of(profile), out, workers=1, progress=False, log=lambda *a: None)
     compute_zoo(out, NAMES, options=OPTIONS, progress=False, log=lambda *a: None)
     layerwise_zoo(out, options=OPTIONS, progress=False, log=lambda *a: None)
     return out
@@ -154,7 +155,7 @@ def test_untrusted_run_gets_nan_and_one_line_and_is_never_executed(profile, zoo,
                                   layerwise_before[layerwise_before["run_id"] != victim].reset_index(drop=True))
 
     # the zoo stage redoes the run (to the same weights): its values come back, equal to the first ones
-    build_zoo(profile, zoo, workers=1, progress=False, log=lambda *a: None)
+    build_zoo(runs_of(profile), zoo, workers=1, progress=False, log=lambda *a: None)
     table, _, _ = measure(zoo)
     assert not marker.exists()
     pd.testing.assert_frame_equal(table.set_index("run_id"), before, check_exact=True)

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
+from benchmark.profiles import parse_profile
+from tests.tiny_profile import runs_of
 from zoo.data import load_dataset
 from zoo.ensemble import STATE_FORMAT, ensemble_key, train_ensemble
-from zoo.grid import parse_profile
 from zoo.models import CRATE, ModelConfig
 from zoo.runner import build_zoo, plan_groups
 from zoo.store import RunStore, load_checkpoint
@@ -271,8 +272,8 @@ def test_groups_of_every_planning_hold_every_run_once():
 def test_build_zoo_checkpoints_do_not_depend_on_the_ensemble_size(profile, tmp_path):
     quiet = dict(workers=1, progress=False, log=lambda *a: None)
     one, grouped = tmp_path / "one", tmp_path / "grouped"
-    assert build_zoo(profile, one, ensemble_size=1, **quiet)["done"] == 4
-    assert build_zoo(profile, grouped, **quiet)["done"] == 4          # 2 groups of 2 (the variants)
+    assert build_zoo(runs_of(profile), one, ensemble_size=1, **quiet)["done"] == 4
+    assert build_zoo(runs_of(profile), grouped, **quiet)["done"] == 4          # 2 groups of 2 (the variants)
     runs = profile.runs(8, 1, 10)
     assert len(plan_groups(runs, 8)) == 2
     for run in runs:

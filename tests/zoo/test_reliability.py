@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,12 @@ import torch
 
 from benchmark.cli import main
 from benchmark.profiles import resolve_profile
-from tests.tiny_profile import TINY_PROFILE
+from tests.tiny_profile import TINY_PROFILE, runs_of
 from zoo.check import check_zoo
-from zoo.grid import _DATA_KEYS, _MODEL_KEYS, _SECTIONS, _TRAIN_KEYS, GRID_AXES, config_hash
+from benchmark.profiles import _TOP_LEVEL, GRID_AXES, AnalysisSettings
+from zoo.config import DataConfig, config_hash
+from zoo.models import ModelConfig
+from zoo.train import TrainConfig
 from zoo.runner import build_zoo, load_zoo
 from zoo.store import RunLock, RunStore, StoreError, load_checkpoint
 
@@ -34,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def built(profile, tmp_path_factory):
     out = tmp_path_factory.mktemp("built")
-    build_zoo(profile, out, workers=1, progress=False, log=lambda *a: None)
+    build_zoo(runs_of(profile), out, workers=1, progress=False, log=lambda *a: None)
     return out
 
 
@@ -46,7 +49,7 @@ def zoo(built, tmp_path):
 
 def rebuild(profile, out):
     lines = []
-    summary = build_zoo(profile, out, workers=1, progress=False, log=lines.append)
+    summary = build_zoo(runs_of(profile), out, workers=1, progress=False, log=lines.append)
     return summary, [line for line in lines if not line.startswith("zoo ")]   # drop the two summary lines
 
 
@@ -160,14 +163,15 @@ def test_profile_name_never_chooses_where_files_go(tmp_path):
     out = tmp_path / "a" / "b" / "out"
     profile = resolve_profile(toml)
     assert profile.name == "../../evil"
-    build_zoo(profile, out, workers=1, progress=False, log=lambda *a: None)
+    build_zoo(runs_of(profile), out, workers=1, progress=False, log=lambda *a: None)
     written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     assert written == {"a/b/evil.toml"} | {f for f in written if f.startswith("a/b/out/")}
     assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
 
 
 def test_no_profile_key_names_an_output_path():
-    keys = set(_SECTIONS) | set(_DATA_KEYS) | set(_MODEL_KEYS) | set(_TRAIN_KEYS) | set(GRID_AXES)
+    keys = set(_TOP_LEVEL) | set(GRID_AXES) | {f.name for cls in (DataConfig, ModelConfig, TrainConfig, AnalysisSettings)
+                                               for f in fields(cls)}
     assert "dropout" in keys and "name" in keys                 # the tables are the real ones
     words = {"out", "output", "path", "dir", "directory", "file", "root", "dest"}
     assert not [k for k in keys if words & set(k.split("_"))]
@@ -177,7 +181,7 @@ def test_no_profile_key_names_an_output_path():
 
 def test_absurd_learning_rate_diverges_with_its_epoch_and_the_build_goes_on(profile, tmp_path):
     absurd = replace(profile, grid={**profile.grid, "lr": (0.01, 1e6)})
-    summary = build_zoo(absurd, tmp_path, workers=1, progress=False, log=lambda *a: None)
+    summary = build_zoo(runs_of(absurd), tmp_path, workers=1, progress=False, log=lambda *a: None)
     assert (summary["done"], summary["diverged"], summary["failed"]) == (2, 2, 0)
     table = load_zoo(tmp_path)
     diverged = table[table["lr"] == 1e6]
@@ -186,7 +190,7 @@ def test_absurd_learning_rate_diverges_with_its_epoch_and_the_build_goes_on(prof
         m = RunStore(tmp_path).metrics(run_id)
         assert m["diverged_epoch"] == 1 and m["error"] == "non-finite loss or weights in epoch 1"
         assert not (tmp_path / "runs" / run_id / "ckpt" / "final.pt").exists()   # no weights to measure
-    summary = build_zoo(absurd, tmp_path, workers=1, progress=False, log=lambda *a: None)
+    summary = build_zoo(runs_of(absurd), tmp_path, workers=1, progress=False, log=lambda *a: None)
     assert summary["trained"] == 0 and summary["diverged"] == 2                    # a result, not retried
 
 

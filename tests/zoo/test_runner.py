@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from benchmark.profiles import resolve_profile
+from tests.tiny_profile import runs_of
 from zoo import runner
-from zoo.grid import DataConfig, RunConfig
+from zoo.config import DataConfig, RunConfig
 from zoo.models import CRATE, ModelConfig
 from zoo.runner import MODEL_COLUMNS, build_zoo, cached_dataset, init_model, load_zoo, train_run
 from zoo.store import RunStore, StoreError, load_checkpoint
@@ -39,12 +40,8 @@ def smoke():
 @pytest.fixture(scope="module")
 def smoke_zoo(smoke, tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
-    summary = build_zoo(smoke, out, workers=1, progress=False, log=lambda *a: None)
+    summary = build_zoo(runs_of(smoke), out, workers=1, progress=False, log=lambda *a: None)
     return out, summary
-
-
-def runs_of(profile):
-    return profile.runs(8, 1, 10)                                   # digits: 8x8, 1 channel, 10 classes
 
 
 def metrics_bytes(out):
@@ -110,7 +107,7 @@ def test_rerun_trains_nothing_and_touches_nothing(smoke, smoke_zoo):
     before = metrics_bytes(out)
     finals = {p: p.read_bytes() for p in Path(out, "runs").glob("*/ckpt/final.pt")}
     csv = (out / "models.csv").read_bytes()
-    summary = build_zoo(smoke, out, workers=1, progress=False, log=lambda *a: None)
+    summary = build_zoo(runs_of(smoke), out, workers=1, progress=False, log=lambda *a: None)
     assert summary["trained"] == 0 and summary["skipped"] == summary["runs"] == 4 and summary["done"] == 4
     assert len(before) == 4 and metrics_bytes(out) == before
     assert all(p.read_bytes() == b for p, b in finals.items())
@@ -136,7 +133,7 @@ def test_a_failing_run_does_not_stop_the_build(smoke, tmp_path, monkeypatch):
         return real_train_ensemble(models, names, cfgs, data, **kw)
     monkeypatch.setattr(runner, "train_ensemble", train_ensemble)
     logged = []
-    summary = build_zoo(profile, tmp_path, workers=1, progress=False, log=logged.append)
+    summary = build_zoo(runs_of(profile), tmp_path, workers=1, progress=False, log=logged.append)
     assert (summary["done"], summary["diverged"], summary["failed"]) == (1, 2, 1)
     assert any(broken.run_id in line and "RuntimeError: boom" in line for line in logged)
     table = load_zoo(tmp_path).set_index("run_id")
@@ -152,7 +149,7 @@ def test_a_failing_run_does_not_stop_the_build(smoke, tmp_path, monkeypatch):
     # retries the failed run and only it
     assert any("retrying its 2 unfinished run(s) one at a time" in line for line in logged)
     monkeypatch.setattr(runner, "train_ensemble", real_train_ensemble)
-    summary = build_zoo(profile, tmp_path, workers=1, progress=False, log=lambda *a: None)
+    summary = build_zoo(runs_of(profile), tmp_path, workers=1, progress=False, log=lambda *a: None)
     assert (summary["trained"], summary["skipped"], summary["done"], summary["failed"]) == (1, 3, 2, 0)
 
 
@@ -270,7 +267,7 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch)
         return real_train_ensemble(models, names, cfgs, data, resume=resume, **kw)
     monkeypatch.setattr(runner, "train_ensemble", train_ensemble)
     quiet = dict(workers=1, progress=False, log=lambda *a: None)
-    summary = build_zoo(profile, killed, **quiet)               # what `srrbench zoo` calls, same arguments
+    summary = build_zoo(runs_of(profile), killed, **quiet)               # what `srrbench zoo` calls, same arguments
     assert summary["done"] == 4 and summary["skipped"] == len(done_at_kill)
     assert resumed == resumable                                 # lost at most the epoch in progress
     for r, (metrics, final) in kept.items():                    # finished runs untouched
@@ -278,7 +275,7 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch)
         assert store.ckpt(r, "final").read_bytes() == final
 
     monkeypatch.setattr(runner, "train_ensemble", real_train_ensemble)
-    build_zoo(profile, straight, **quiet)
+    build_zoo(runs_of(profile), straight, **quiet)
     for c in runs:
         a = load_checkpoint(store.ckpt(c.run_id, "final"))
         b = load_checkpoint(RunStore(straight).ckpt(c.run_id, "final"))
@@ -294,7 +291,7 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch)
 
 def test_joblib_workers_give_the_same_zoo(smoke, smoke_zoo, tmp_path):
     out, _ = smoke_zoo
-    summary = build_zoo(smoke, tmp_path, workers=2, progress=False, log=lambda *a: None)
+    summary = build_zoo(runs_of(smoke), tmp_path, workers=2, progress=False, log=lambda *a: None)
     assert summary["done"] == 4 and summary["trained"] == 4
     pd.testing.assert_frame_equal(comparable(load_zoo(tmp_path)), comparable(load_zoo(out)))
 
@@ -306,7 +303,7 @@ def test_dask_cluster_gives_the_same_zoo(smoke, smoke_zoo, tmp_path):
     out, _ = smoke_zoo
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=logging.ERROR) as cluster:
-        summary = build_zoo(smoke, tmp_path, scheduler=cluster.scheduler_address, progress=False,
+        summary = build_zoo(runs_of(smoke), tmp_path, scheduler=cluster.scheduler_address, progress=False,
                             log=lambda *a: None)
     assert summary["done"] == 4 and summary["trained"] == 4 and summary["failed"] == 0
     pd.testing.assert_frame_equal(comparable(load_zoo(tmp_path)), comparable(load_zoo(out)))

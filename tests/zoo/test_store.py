@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from zoo import store as store_module
-from zoo.grid import DataConfig, RunConfig
+from zoo.config import DataConfig, RunConfig
 from zoo.models import ModelConfig
 from zoo.store import (RunLock, RunStore, StoreError, atomic_write_bytes, load_checkpoint, read_json,
                        save_checkpoint, write_json)

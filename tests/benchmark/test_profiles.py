@@ -1,84 +1,11 @@
-"""zoo.grid: pinned run ids, the grid a profile defines, and a profile's validation (every key, every type)."""
+"""benchmark.profiles: the grid a profile defines, and a profile's validation (every key, every type)."""
 import copy
-import hashlib
 import itertools
-import json
-from dataclasses import replace
 
 import pytest
 
-from benchmark.profiles import builtin_profiles, resolve_profile
-from zoo.grid import GRID_AXES, DataConfig, ProfileError, RunConfig, load_profile, parse_profile
-from zoo.models import VARIANTS, ModelConfig
-from zoo.train import TrainConfig
-
-KNOWN = RunConfig(
-    DataConfig(dataset="digits", n_train=300, n_test=150, num_classes=None, split_seed=0),
-    ModelConfig(variant="crate-c", image_size=8, patch_size=4, channels=1, num_classes=10, dim=16, depth=2,
-                heads=2, dim_head=None, dropout=0.0, ista_step=0.1, ista_lambda=0.1, temperature=None),
-    TrainConfig(lr=0.001, batch_size=32, weight_decay=0.05, max_epochs=4, warmup_epochs=1, target_ce=0.01,
-                label_smoothing=0.0, seed=0, checkpoint_epochs=(2,), eval_batch_size=1024),
-)
-
-
-# --- run ids ----------------------------------------------------------------------------------------------------
-
-def test_known_run_id_is_pinned():
-    # Pinned on purpose: every stored zoo is keyed by these ids. If this fails, the hashing or the canonical
-    # config changed; that must be a deliberate decision (bump SCHEMA_VERSION, say so in the changelog),
-    # never a side effect of adding a defaulted field.
-    assert KNOWN.run_id == "357e4d518718"
-    assert KNOWN.group_id == "692361bd8876"
-
-
-def test_run_id_is_sha256_of_canonical_json():
-    text = json.dumps(KNOWN.canonical(), sort_keys=True, separators=(",", ":"))
-    assert KNOWN.run_id == hashlib.sha256(text.encode()).hexdigest()[:12]
-    assert KNOWN.canonical()["schema"] == 1
-
-
-def test_group_id_ignores_only_the_seed():
-    seed1 = replace(KNOWN, train=replace(KNOWN.train, seed=1))
-    assert seed1.run_id != KNOWN.run_id and seed1.group_id == KNOWN.group_id
-    lr = replace(KNOWN, train=replace(KNOWN.train, lr=0.002))
-    assert lr.group_id != KNOWN.group_id
-
-
-def test_every_config_field_changes_the_id():
-    for section, changes in (("data", dict(n_train=299, split_seed=1)),
-                             ("model", dict(depth=3, ista_step=0.2, temperature=0.5, variant="crate")),
-                             ("train", dict(weight_decay=0.1, target_ce=0.02, checkpoint_epochs=(3,)))):
-        for key, value in changes.items():
-            changed = replace(KNOWN, **{section: replace(getattr(KNOWN, section), **{key: value})})
-            assert changed.run_id != KNOWN.run_id, f"{section}.{key}"
-
-
-def test_equal_configs_have_equal_ids():
-    # TOML writes `dropout = [0]` as an int: the same run as 0.0 (and equal as a dataclass), so the same id
-    ints = replace(KNOWN, model=replace(KNOWN.model, dropout=0), train=replace(KNOWN.train, label_smoothing=0))
-    assert ints == KNOWN
-    assert ints.run_id == KNOWN.run_id
-
-
-def test_runtime_settings_stay_out_of_the_config():
-    canonical = KNOWN.canonical()
-    assert set(canonical) == {"schema", "data", "model", "train"}
-
-    def keys(d):
-        for k, v in d.items():
-            yield k
-            if isinstance(v, dict):
-                yield from keys(v)
-    runtime = {"out", "root", "path", "data_dir", "workers", "threads", "device", "scheduler", "progress"}
-    assert not runtime & set(keys(canonical))
-
-
-def test_config_roundtrips_through_its_canonical_dict():
-    back = RunConfig.from_dict(json.loads(json.dumps(KNOWN.canonical())))
-    assert back == KNOWN and back.run_id == KNOWN.run_id
-    assert back.train.checkpoint_epochs == (2,)
-    with pytest.raises(ValueError, match="schema"):
-        RunConfig.from_dict({**KNOWN.canonical(), "schema": 99})
+from benchmark.profiles import GRID_AXES, ProfileError, builtin_profiles, load_profile, parse_profile, resolve_profile
+from zoo.models import VARIANTS
 
 
 # --- profiles ---------------------------------------------------------------------------------------------------
@@ -114,16 +41,39 @@ def test_base_profile_parses_to_its_grid():
     assert all(r.model.patch_size == 4 and r.train.max_epochs == 2 and r.data.n_train == 100 for r in runs)
 
 
-def test_missing_grid_axes_take_one_default_value():
+def test_missing_grid_axes_take_their_fixed_or_default_value():
     raw = copy.deepcopy(BASE)
     del raw["grid"]
     profile = parse_profile(raw)
-    assert profile.n_runs == 1 and all(len(profile.grid[a]) == 1 for a in GRID_AXES)
+    (run,) = profile.runs(image_size=8, channels=1, num_classes=10)
+    assert profile.n_runs == 1 and profile.grid == {}
+    assert (run.model.variant, run.train.lr, run.model.dim, run.data.n_train, run.model.depth) == (
+        "crate", 0.001, 32, 100, 1)
+
+
+def test_optional_axes_vary_their_config_field():
+    raw = with_("grid.n_train", [50, 100])
+    del raw["data"]["n_train"], raw["model"]["depth"]
+    raw["grid"].update(weight_decay=[0.0, 0.1], depth=[1, 2])
+    runs = parse_profile(raw).runs(image_size=8, channels=1, num_classes=10)
+    assert len(runs) == 8 * 8 and len({r.run_id for r in runs}) == 64
+    assert {(r.data.n_train, r.train.weight_decay, r.model.depth) for r in runs} == set(
+        itertools.product([50, 100], [0.0, 0.1], [1, 2]))
+    assert {r.axes["n_train"] for r in runs} == {50, 100}               # a column of models.csv
+
+
+@pytest.mark.parametrize("path,value", [("data.n_train", 100), ("model.dim", 8), ("train.lr", 0.01)])
+def test_a_field_both_fixed_and_varied_is_an_error(path, value):
+    raw = with_(path, value)
+    if path == "data.n_train":
+        raw["grid"]["n_train"] = [50]
+    with pytest.raises(ProfileError, match="fixed and also varied"):
+        parse_profile(raw)
 
 
 @pytest.mark.parametrize("path,section", [
-    ("gird", "top level"), ("data.n_trian", "data"), ("model.dimm", "model"), ("model.dim", "model"),
-    ("train.lr", "train"), ("train.epochs", "train"), ("grid.widht", "grid"),
+    ("gird", "top level"), ("data.n_trian", "data"), ("model.dimm", "model"), ("model.image_size", "model"),
+    ("train.epochs", "train"), ("grid.widht", "grid"), ("analysis.n_bot", "analysis"),
 ])
 def test_unknown_key_is_named_with_the_allowed_ones(path, section):
     raw = with_(path, 1)
@@ -133,7 +83,8 @@ def test_unknown_key_is_named_with_the_allowed_ones(path, section):
     assert path.split(".")[-1] in message and f"allowed in [{section}]" in message
     allowed = {"top level": ["data", "model", "train", "grid", "measures", "analysis"],
                "data": ["dataset", "n_train", "split_seed"], "model": ["patch_size", "depth", "heads"],
-               "train": ["max_epochs", "target_ce", "warmup_epochs"], "grid": list(GRID_AXES)}[section]
+               "train": ["max_epochs", "target_ce", "warmup_epochs"], "grid": list(GRID_AXES),
+               "analysis": ["gap", "n_boot", "seed", "include_unreached"]}[section]
     assert all(a in message for a in allowed), message
 
 
@@ -168,6 +119,13 @@ def test_unknown_key_is_named_with_the_allowed_ones(path, section):
     ("model.heads", 3, "heads"),                         # does not divide the width 8
     ("train.checkpoint_epochs", 3, "checkpoint_epochs"),
     ("train.checkpoint_epochs", [0], "checkpoint_epochs"),
+    ("grid.n_train", [0], "grid.n_train"),
+    ("grid.weight_decay", [-0.1], "grid.weight_decay"),
+    ("grid.depth", [2.0], "grid.depth"),
+    ("analysis.gap", "gap_x", "analysis.gap"),
+    ("analysis.include_unreached", 1, "analysis.include_unreached"),
+    ("measures.n_samples", "64", "n_samples"),
+    ("measures.names", ["no-such-measure"], "no-such-measure"),
 ])
 def test_bad_value_names_its_key(path, value, key):
     with pytest.raises(ProfileError) as err:
@@ -217,7 +175,7 @@ def test_a_run_that_does_not_fit_the_data_is_a_profile_error():
 @pytest.mark.parametrize("name", builtin_profiles())
 def test_builtin_profiles_load(name):
     profile = resolve_profile(name)
-    assert profile.n_runs == len(list(itertools.product(*(profile.grid[a] for a in GRID_AXES))))
+    assert profile.n_runs == len(list(itertools.product(*profile.grid.values())))
     shape = (8, 1, 10) if profile.data.dataset == "digits" else (32, 3, 10)
     runs = profile.runs(*shape)
     assert len(runs) == profile.n_runs == len({r.run_id for r in runs})
@@ -225,8 +183,8 @@ def test_builtin_profiles_load(name):
 
 
 def test_builtin_profile_sizes():
-    assert {"smoke", "default", "cifar10", "cifar10-paper"} <= set(builtin_profiles())
-    assert resolve_profile("default").n_runs == 144                  # 4 variants x 3 lr x 3 bs x 2 dropout x 2 widths
+    assert {"smoke", "default", "digits-small", "cifar10", "cifar10-paper"} <= set(builtin_profiles())
+    assert resolve_profile("digits-small").n_runs == 144             # 4 variants x 3 lr x 3 bs x 2 dropout x 2 widths
     assert resolve_profile("smoke").n_runs == 8
     with pytest.raises(ProfileError, match="smoke"):                 # the message lists the built-in names
         resolve_profile("no-such-profile")
