@@ -25,7 +25,8 @@ class MeasureOptions:
     seed: int = 0                   # picks the sample and seeds every Monte-Carlo search
     # SRR (paper-notes §2.4)
     eps_sq: float = 0.5             # epsilon^2 of the coding rates (SPEC default)
-    l0: str = "raw"                 # raw count | per-token (divided by N) | per-entry (divided by N*d) | l1
+    l0: str = "per-entry"           # ||Z||_0/(N d), the fraction CRATE reports (README: with the raw count the
+                                    # sparsity term was most of SRR's level) | raw | per-token (/N) | l1
     aggregate: str = "mean"         # scalar SRR over layers: mean | last | sum
     normalize_tokens: bool = False  # unit-normalise each token before the coding rates
     # spectral product and sum forms
