@@ -133,7 +133,8 @@ def read_cache(cache_path: Path, key: dict, notes: list[str]) -> dict | None:
     for field_name, value in key.items():
         if cached.get(field_name) != value:
             what = {"options": "other measure options",
-                    "checkpoint": "other weights than the run's ckpt/final.pt"}.get(field_name, field_name)
+                    "checkpoint": "other weights than the run's ckpt/final.pt",
+                    "code": "other code of the SRR modules"}.get(field_name, field_name)
             notes.append(f"{cache_path}: computed with {what}; recomputing")
             return None
     return cached

@@ -158,13 +158,20 @@ def code_fingerprint(measure: Measure) -> str:
     Equal fingerprints mean the measure would run the same project code, so a cached value may be served; any edit
     to its module or a helper module it uses (and nothing else) changes it.
     """
-    digest = hashlib.sha256(f"{measure.name}\0{measure.version}\0".encode())
-    for name in module_dependencies(measure.module, _ALWAYS):
+    return modules_fingerprint(measure.module, _ALWAYS, salt=f"{measure.name}\0{measure.version}",
+                               code=measure.fn.__code__.co_code)
+
+
+def modules_fingerprint(*module_names: str, salt: str = "", code: bytes = b"") -> str:
+    """sha256 of ``salt`` and the source files of ``module_dependencies(*module_names)``; ``code`` stands in for
+    a module without a file (defined interactively)."""
+    digest = hashlib.sha256(f"{salt}\0".encode())
+    for name in module_dependencies(*module_names):
         file = getattr(sys.modules[name], "__file__", None)
         digest.update(f"{name}\0".encode())
         if file and os.path.exists(file):
             with open(file, "rb") as f:
                 digest.update(f.read())
-        else:  # defined interactively (no file): the function's own code object is all there is
-            digest.update(measure.fn.__code__.co_code)
+        else:
+            digest.update(code)
     return digest.hexdigest()

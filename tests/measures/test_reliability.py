@@ -205,3 +205,15 @@ def test_weight_only_measures_never_load_the_dataset(zoo, monkeypatch):
     table, lines, summary = measure(zoo, ["l2", "path-norm", "ww-alpha"])
     assert "12 values computed" in summary and "0 failed" in summary, (lines, summary)
     assert np.isfinite(table[["l2", "path-norm", "ww-alpha"]].to_numpy()).all()
+
+
+def test_layerwise_cache_of_other_code_is_recomputed(zoo):
+    victim = ids(zoo)[0]
+    cache = zoo / "runs" / victim / "layerwise.json"
+    data = json.loads(cache.read_text())
+    data["code"] = "computed by other code"
+    cache.write_text(json.dumps(data))
+    lines = []
+    layerwise_zoo(zoo, options=OPTIONS, progress=False, log=lines.append)
+    assert lines == [f"layerwise: {cache}: computed with other code of the SRR modules; recomputing"]
+    assert json.loads(cache.read_text())["code"] != "computed by other code"
