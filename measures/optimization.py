@@ -78,7 +78,7 @@ def minibatch_gradient_variance(model: torch.nn.Module, x: torch.Tensor, y: torc
 
 @register_measure("grad-noise", family="optimization", needs_data=True)
 def grad_noise(ctx: MeasureContext) -> float:
-    """Variance of the minibatch gradient at the final weights: mean over batches of ‖g_b − ḡ‖² (batch options.grad_noise_batch)."""
+    """Variance of the minibatch gradient at the final weights: mean of ‖g_b − ḡ‖² over batches (grad_noise_batch)."""
     x, y = ctx.sample()
     return ctx.cached("optimization.grad_noise",
                       lambda: minibatch_gradient_variance(ctx.model, x, y, ctx.options.grad_noise_batch))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from measures.context import MeasureContext
-from measures.sensitivity import input_jacobian_norms, jacobian_norm
+from measures.input_sensitivity import input_jacobian_norms, jacobian_norm
 from zoo.models import build_model
 
 
