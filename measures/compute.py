@@ -85,25 +85,38 @@ def load_run(store: RunStore, run_id: str, data_dir: str | None = None, checkpoi
     return model, init_state, cached_dataset(store.load_config(run_id).data, data_dir)
 
 
+def _needs_data(names: list[str]) -> bool:
+    return any(get_measure(n).needs_data for n in names)
+
+
+def _run_context(store: RunStore, run_id: str, names: list[str], options: MeasureOptions,
+                 data_dir: str | None) -> MeasureContext:
+    """The context of a stored run's final model for ``names``: its training log, and its dataset only when one
+    of them has ``needs_data=True`` (weight-only measures never touch the dataset, nor need its files)."""
+    model, init_state = load_model(store, run_id)
+    data = cached_dataset(store.load_config(run_id).data, data_dir) if _needs_data(names) else None
+    return make_context(model, init_state, data, options, store.read_log(run_id))
+
+
 def compute(model_or_run_dir, names=None, *, init_state: dict | None = None, data: Dataset | None = None,
             data_dir: str | None = None, **options) -> pd.DataFrame:
-    """Measures of one model (with ``init_state`` and ``data``) or of one run directory, as a one-row table."""
+    """Measures of one model (with ``init_state``, and ``data`` for measures with ``needs_data=True``) or of one
+    run directory, as a one-row table."""
     opts = MeasureOptions.from_dict(options)
     names = resolve_names(names)
-    training_log = None
     if isinstance(model_or_run_dir, (str, Path)):
         run_dir = Path(model_or_run_dir)
-        store = RunStore(run_dir.parent.parent)
-        model, init_state, data = load_run(store, run_dir.name, data_dir)
-        training_log = store.read_log(run_dir.name)
+        ctx = _run_context(RunStore(run_dir.parent.parent), run_dir.name, names, opts, data_dir)
         row = {"run_id": run_dir.name}
     else:
         model, row = model_or_run_dir, {}
-        if data is None:
-            raise ValueError("compute(model, ...) needs data= (a zoo.Dataset) for the measures' sample")
+        if data is None and _needs_data(names):
+            raise ValueError("compute(model, ...) needs data= (a zoo.Dataset) for the measures' sample: "
+                             f"{', '.join(n for n in names if get_measure(n).needs_data)} read data")
         if init_state is None:
             raise ValueError("compute(model, ...) needs init_state= (the model's state_dict at initialisation)")
-    results = evaluate_measures(make_context(model, init_state, data, opts, training_log), names)
+        ctx = make_context(model, init_state, data, opts)
+    results = evaluate_measures(ctx, names)
     row.update({name: r["value"] for name, r in results.items()})
     return pd.DataFrame([row])
 
@@ -166,16 +179,13 @@ def _run_measures(zoo_dir: str, run_id: str, fingerprints: dict[str, str], optio
     cache = read_cache(cache_path, key, notes)
     if cache is None or not isinstance(cache.get("values"), dict):
         cache = {**key, "values": {}}
-    todo = [n for n, code in fingerprints.items() if cache["values"].get(n, {}).get("code") != code]
+    todo = [n for n, code in fingerprints.items()
+            if not isinstance(cache["values"].get(n), dict) or cache["values"][n].get("code") != code]
     if todo:
         try:
-            model, init_state = load_model(store, run_id)
+            ctx = _run_context(store, run_id, todo, MeasureOptions.from_dict(options), data_dir)
         except StoreError as err:
             return untrusted(err)
-        # weight-only measures never touch the dataset (nor need its files)
-        needs_data = any(get_measure(n).needs_data for n in todo)
-        data = cached_dataset(store.load_config(run_id).data, data_dir) if needs_data else None
-        ctx = make_context(model, init_state, data, MeasureOptions.from_dict(options), store.read_log(run_id))
         for name, result in evaluate_measures(ctx, todo).items():
             cache["values"][name] = {**result, "code": fingerprints[name]}
         write_json(cache_path, cache)

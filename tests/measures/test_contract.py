@@ -73,3 +73,11 @@ def test_unknown_measure_name_lists_the_available_ones():
     with pytest.raises(KeyError, match="available: .*srr"):
         measures.resolve_names(["no-such-measure"])
     assert measures.resolve_names(["srr*"]) == ["srr", "srr-last"]
+
+
+def test_compute_a_model_without_data_for_weight_only_measures(trained):
+    model, init, data, _ = trained
+    table = measures.compute(model, ["l2", "ww-alpha"], init_state=init)
+    assert table.columns.tolist() == ["l2", "ww-alpha"] and table.notna().all().all()
+    with pytest.raises(ValueError, match="needs data=.*: srr read data"):
+        measures.compute(model, ["l2", "srr"], init_state=init)
