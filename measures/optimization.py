@@ -71,7 +71,10 @@ def minibatch_gradient_variance(model: torch.nn.Module, x: torch.Tensor, y: torc
     for b in range(n_batches):
         sl = slice(b * batch_size, (b + 1) * batch_size)
         loss = F.cross_entropy(model(x[sl]), y[sl])
-        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).to(torch.float64))
+        # a parameter the loss does not reach (allow_unused) has gradient 0, not an error
+        parts = torch.autograd.grad(loss, params, allow_unused=True)
+        grads.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).to(torch.float64)
+                                for g, p in zip(parts, params)]))
     g = torch.stack(grads)                                                   # (B, ω)
     return float((g - g.mean(0)).square().sum(1).mean())
 

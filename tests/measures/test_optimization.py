@@ -62,3 +62,13 @@ def test_grad_noise_uses_the_option_batch_and_needs_two_batches():
     identical = torch.cat([x[:4], x[:4]]), torch.cat([y[:4], y[:4]])
     assert minibatch_gradient_variance(model, *identical, 4) == pytest.approx(0.0, abs=1e-24)
     assert math.isfinite(grad_noise(ctx))
+
+
+def test_a_parameter_the_loss_does_not_reach_counts_as_zero_gradient():
+    torch.manual_seed(2)
+    model = torch.nn.Linear(3, 2).double()
+    model.unused = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    plain = torch.nn.Linear(3, 2).double()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "unused"})
+    assert minibatch_gradient_variance(model, x, y, 4) == pytest.approx(minibatch_gradient_variance(plain, x, y, 4))
