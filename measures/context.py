@@ -168,12 +168,15 @@ class MeasureContext:
 
     def path_weights(self) -> dict[str, torch.Tensor]:
         """The matrices of the spectral products and sums (``path_weight_matrices`` under options.shared_weights)."""
-        return self.cached("path_weights", lambda: path_weight_matrices(self.model, None,
-                                                                        self.options.shared_weights))
+        # the option is in the key (and in the keys of everything computed from these matrices) because a cache
+        # may be shared between contexts of other options (benchmark/experiments/sensitivity.py does so)
+        shared = self.options.shared_weights
+        return self.cached(f"path_weights(shared={shared})", lambda: path_weight_matrices(self.model, None, shared))
 
     def init_path_weights(self) -> dict[str, torch.Tensor]:
-        return self.cached("init_path_weights", lambda: path_weight_matrices(self.model, self.init_state,
-                                                                             self.options.shared_weights))
+        shared = self.options.shared_weights
+        return self.cached(f"init_path_weights(shared={shared})",
+                           lambda: path_weight_matrices(self.model, self.init_state, shared))
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A fresh generator seeded from the options' seed, so every measure is reproducible on its own."""

@@ -19,7 +19,7 @@ __all__ = ["frobenius_sq", "frobenius_dist_sq"]
 def frobenius_sq(ctx: MeasureContext, path: bool = False) -> dict[str, float]:
     """‖W_i‖²_F per weight matrix (``path=True``: per matrix of ``ctx.path_weights()``), float64, cached."""
     weights = ctx.path_weights() if path else ctx.weights()
-    return ctx.cached(f"norms.fro_sq(path={path})", lambda: {
+    return ctx.cached(f"norms.fro_sq(path={path and ctx.options.shared_weights})", lambda: {
         name: float(w.to(torch.float64).square().sum()) for name, w in weights.items()})
 
 
@@ -30,7 +30,7 @@ def frobenius_dist_sq(ctx: MeasureContext, path: bool = False) -> dict[str, floa
                                                                                    ctx.init_weights())
         return {name: float((w.to(torch.float64) - init[name].to(torch.float64)).square().sum())
                 for name, w in weights.items()}
-    return ctx.cached(f"norms.fro_dist_sq(path={path})", compute)
+    return ctx.cached(f"norms.fro_dist_sq(path={path and ctx.options.shared_weights})", compute)
 
 
 @register_measure("num-params", family="norm")

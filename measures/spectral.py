@@ -28,7 +28,7 @@ __all__ = ["spectral_sq"]
 
 def spectral_sq(ctx: MeasureContext) -> dict[str, float]:
     """‖W_i‖²₂ per path matrix, float64, cached per context (one SVD each, shared by every spectral measure)."""
-    return ctx.cached("spectral.spec_sq", lambda: {
+    return ctx.cached(f"spectral.spec_sq(shared={ctx.options.shared_weights})", lambda: {
         name: float(torch.linalg.matrix_norm(w.to(torch.float64), 2)) ** 2
         for name, w in ctx.path_weights().items()})
 

@@ -38,7 +38,7 @@ def diagonal_context(margin=2.0, variant="crate", singular=SINGULAR):
 def test_spectral_norms_are_cached_and_exact():
     ctx = diagonal_context()
     assert list(S.spectral_sq(ctx).values()) == pytest.approx(SPEC_SQ)
-    assert "spectral.spec_sq" in ctx.cache
+    assert "spectral.spec_sq(shared=per-use)" in ctx.cache
 
 
 def test_products_and_sums_in_log_form():
@@ -121,3 +121,12 @@ def test_tied_qkv_counts_per_use_so_tied_variants_have_crates_d_L(variant):
     assert S.log_sum_of_spec(tied) == pytest.approx(math.log(5) + math.log(4 * 9 * 9 * 16 * 0.25) / 5)
     assert S.fro_over_spec(tied) == pytest.approx(7 / 4 + 2 * 10.5 / 9 + 20 / 16 + 0.375 / 0.25)
     assert S.dist_spec_init(tied) == pytest.approx(5.0) and S.dist_spec_init(once) == pytest.approx(4.0)
+
+
+def test_a_cache_shared_between_option_sets_keeps_them_apart():
+    per_use = diagonal_context(variant="crate-c", singular=[SINGULAR[0], SINGULAR[1], SINGULAR[3], SINGULAR[4]])
+    once = MeasureContext(model=per_use.model, init_state=per_use.init_state, x=per_use.x, y=per_use.y,
+                          n_train=100, options=MeasureOptions(shared_weights="once"), cache=per_use.cache)
+    assert S.log_prod_of_spec(per_use) == pytest.approx(math.log(4 * 9 * 9 * 16 * 0.25))
+    assert S.log_prod_of_spec(once) == pytest.approx(math.log(4 * 9 * 16 * 0.25))
+    assert S.log_prod_of_fro(per_use) - S.log_prod_of_fro(once) == pytest.approx(math.log(10.5))
