@@ -1,8 +1,11 @@
 """Compute registered measures on one model, one run directory, or every finished run of a zoo.
 
 Per run, values are cached in ``runs/<id>/measures.json`` together with the options, the sha256 of the final
-checkpoint they were computed from and each measure's version, so a rerun computes only what is missing, new, or
-changed, and never serves values of other weights (a retrained or replaced checkpoint) or other options. A cache
+checkpoint they were computed from and each measure's code fingerprint (``registry.code_fingerprint``: its module
+and the helper modules it uses), so a rerun computes only what is missing, new, or whose code changed, and never
+serves values of other weights (a retrained or replaced checkpoint), other options or other code. The dataset is
+loaded only when a measure to compute has ``needs_data=True``; the training log (``runs/<id>/log.csv``) is passed
+to every measure as ``ctx.training_log``. A cache
 that is unreadable or does not match is reported in one line and recomputed. A measure that fails on a model (or
 gives a non-finite value) gives NaN and its error goes to ``measures_errors.log``; a run whose checkpoint cannot be
 loaded safely gives NaN for every measure, one line in the log, and no cache; the other measures and models carry on.
@@ -25,7 +28,7 @@ from zoo.runner import cached_dataset
 from zoo.store import RunStore, StoreError, atomic_write_text, load_checkpoint, read_json, write_json
 
 from .context import MeasureContext, MeasureOptions
-from .registry import available, get_measure, resolve_names
+from .registry import available, code_fingerprint, get_measure, resolve_names
 
 
 def sample_split(data: Dataset, options: MeasureOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,57 +40,83 @@ def sample_split(data: Dataset, options: MeasureOptions) -> tuple[torch.Tensor, 
     return x[idx.sort().values], y[idx.sort().values]
 
 
-def make_context(model: CRATE, init_state: dict, data: Dataset, options: MeasureOptions) -> MeasureContext:
-    x, y = sample_split(data, options)
-    return MeasureContext(model=model, init_state=init_state, x=x, y=y, n_train=len(data.x_train),
-                          options=options)
+def make_context(model: CRATE, init_state: dict, data: Dataset | None, options: MeasureOptions,
+                 training_log: list[dict] | None = None) -> MeasureContext:
+    """The context of one model; ``data=None`` gives a data-free context for ``needs_data=False`` measures."""
+    x, y = sample_split(data, options) if data is not None else (None, None)
+    return MeasureContext(model=model, init_state=init_state, x=x, y=y,
+                          n_train=len(data.x_train) if data is not None else None, options=options,
+                          training_log=training_log)
 
 
 def evaluate_measures(ctx: MeasureContext, names: list[str]) -> dict[str, dict]:
-    """{name: {"value", "error", "seconds", "version"}} for each name; exceptions become NaN plus the error."""
+    """{name: {"value", "error", "seconds"}} for each name; exceptions and non-scalars become NaN plus the error."""
     out = {}
     for name in names:
         measure = get_measure(name)
         start = time.perf_counter()
         try:
             value = measure(ctx)
-            value = float(value) if np.ndim(value) == 0 else [float(v) for v in value]
-            error = None
-            if isinstance(value, float) and not math.isfinite(value):  # an overflow is a NaN with its reason
+            if np.ndim(value) != 0:
+                raise TypeError(f"returned an array of shape {np.shape(value)}; a measure returns one float "
+                                f"(per-layer curves belong to measures.layerwise)")
+            value, error = float(value), None
+            if not math.isfinite(value):  # an overflow is a NaN with its reason
                 value, error = float("nan"), f"non-finite value {value}"
         except Exception as err:  # one failing measure must not stop the rest
             value, error = float("nan"), f"{err.__class__.__name__}: {err}"
-        out[name] = {"value": value, "error": error, "seconds": time.perf_counter() - start,
-                     "version": measure.version}
+        out[name] = {"value": value, "error": error, "seconds": time.perf_counter() - start}
     return out
 
 
-def load_run(store: RunStore, run_id: str, data_dir: str | None = None, checkpoint: str = "final"):
-    """(model with the checkpoint's weights, initial state_dict, dataset) of a stored run."""
+def load_model(store: RunStore, run_id: str, checkpoint: str | Path = "final"):
+    """(model with the checkpoint's weights, initial state_dict) of a stored run, loaded safely."""
     cfg = store.load_config(run_id)
     model = CRATE(cfg.model)
     init_state = load_checkpoint(store.ckpt(run_id, "init"))
     path = checkpoint if isinstance(checkpoint, Path) else store.ckpt(run_id, checkpoint)
     model.load_state_dict(load_checkpoint(path))
-    return model, init_state, cached_dataset(cfg.data, data_dir)
+    return model, init_state
+
+
+def load_run(store: RunStore, run_id: str, data_dir: str | None = None, checkpoint: str | Path = "final"):
+    """(model with the checkpoint's weights, initial state_dict, dataset) of a stored run."""
+    model, init_state = load_model(store, run_id, checkpoint)
+    return model, init_state, cached_dataset(store.load_config(run_id).data, data_dir)
+
+
+def _needs_data(names: list[str]) -> bool:
+    return any(get_measure(n).needs_data for n in names)
+
+
+def _run_context(store: RunStore, run_id: str, names: list[str], options: MeasureOptions,
+                 data_dir: str | None) -> MeasureContext:
+    """The context of a stored run's final model for ``names``: its training log, and its dataset only when one
+    of them has ``needs_data=True`` (weight-only measures never touch the dataset, nor need its files)."""
+    model, init_state = load_model(store, run_id)
+    data = cached_dataset(store.load_config(run_id).data, data_dir) if _needs_data(names) else None
+    return make_context(model, init_state, data, options, store.read_log(run_id))
 
 
 def compute(model_or_run_dir, names=None, *, init_state: dict | None = None, data: Dataset | None = None,
             data_dir: str | None = None, **options) -> pd.DataFrame:
-    """Measures of one model (with ``init_state`` and ``data``) or of one run directory, as a one-row table."""
+    """Measures of one model (with ``init_state``, and ``data`` for measures with ``needs_data=True``) or of one
+    run directory, as a one-row table."""
     opts = MeasureOptions.from_dict(options)
     names = resolve_names(names)
     if isinstance(model_or_run_dir, (str, Path)):
         run_dir = Path(model_or_run_dir)
-        model, init_state, data = load_run(RunStore(run_dir.parent.parent), run_dir.name, data_dir)
+        ctx = _run_context(RunStore(run_dir.parent.parent), run_dir.name, names, opts, data_dir)
         row = {"run_id": run_dir.name}
     else:
         model, row = model_or_run_dir, {}
-        if data is None:
-            raise ValueError("compute(model, ...) needs data= (a zoo.Dataset) for the measures' sample")
+        if data is None and _needs_data(names):
+            raise ValueError("compute(model, ...) needs data= (a zoo.Dataset) for the measures' sample: "
+                             f"{', '.join(n for n in names if get_measure(n).needs_data)} read data")
         if init_state is None:
             raise ValueError("compute(model, ...) needs init_state= (the model's state_dict at initialisation)")
-    results = evaluate_measures(make_context(model, init_state, data, opts), names)
+        ctx = make_context(model, init_state, data, opts)
+    results = evaluate_measures(ctx, names)
     row.update({name: r["value"] for name, r in results.items()})
     return pd.DataFrame([row])
 
@@ -117,16 +146,18 @@ def read_cache(cache_path: Path, key: dict, notes: list[str]) -> dict | None:
     for field_name, value in key.items():
         if cached.get(field_name) != value:
             what = {"options": "other measure options",
-                    "checkpoint": "other weights than the run's ckpt/final.pt"}.get(field_name, field_name)
+                    "checkpoint": "other weights than the run's ckpt/final.pt",
+                    "code": "other code of the SRR modules"}.get(field_name, field_name)
             notes.append(f"{cache_path}: computed with {what}; recomputing")
             return None
     return cached
 
 
-def _run_measures(zoo_dir: str, run_id: str, names: list[str], options: dict, data_dir: str | None,
+def _run_measures(zoo_dir: str, run_id: str, fingerprints: dict[str, str], options: dict, data_dir: str | None,
                   threads: int | None) -> dict:
     """Compute the missing measures of one run and update its cache; returns the full cache entry and notes
-    (one line per cache discarded or run that could not be loaded)."""
+    (one line per cache discarded or run that could not be loaded). ``fingerprints``: {name: code fingerprint}
+    of the measures to serve, computed once by the caller."""
     if threads:
         torch.set_num_threads(threads)
     keep_freed_memory()
@@ -137,7 +168,7 @@ def _run_measures(zoo_dir: str, run_id: str, names: list[str], options: dict, da
     def untrusted(err: StoreError) -> dict:  # corrupt or foreign run: reported, NaN, nothing cached, never used
         notes.append(f"{err}; run {run_id} gets NaN for every measure (retrain it: srrbench zoo)")
         failed = {n: {"value": float("nan"), "error": f"StoreError: {err}", "seconds": float("nan"),
-                      "version": get_measure(n).version} for n in names}
+                      "code": code} for n, code in fingerprints.items()}
         return {"run_id": run_id, "computed": 0, "values": failed, "notes": notes}
 
     try:
@@ -148,15 +179,15 @@ def _run_measures(zoo_dir: str, run_id: str, names: list[str], options: dict, da
     cache = read_cache(cache_path, key, notes)
     if cache is None or not isinstance(cache.get("values"), dict):
         cache = {**key, "values": {}}
-    todo = [n for n in names if n not in cache["values"]
-            or cache["values"][n].get("version") != get_measure(n).version]
+    todo = [n for n, code in fingerprints.items()
+            if not isinstance(cache["values"].get(n), dict) or cache["values"][n].get("code") != code]
     if todo:
         try:
-            model, init_state, data = load_run(store, run_id, data_dir)
+            ctx = _run_context(store, run_id, todo, MeasureOptions.from_dict(options), data_dir)
         except StoreError as err:
             return untrusted(err)
-        ctx = make_context(model, init_state, data, MeasureOptions.from_dict(options))
-        cache["values"].update(evaluate_measures(ctx, todo))
+        for name, result in evaluate_measures(ctx, todo).items():
+            cache["values"][name] = {**result, "code": fingerprints[name]}
         write_json(cache_path, cache)
     return {"run_id": run_id, "computed": len(todo), "values": cache["values"], "notes": notes}
 
@@ -167,6 +198,7 @@ def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None,
     and measures_errors.log in ``zoo_dir``; returns the measures table."""
     zoo_dir = Path(zoo_dir)
     names = resolve_names(names)
+    fingerprints = {n: code_fingerprint(get_measure(n)) for n in names}
     options = MeasureOptions.from_dict(options or {}).as_dict()
     models = pd.read_csv(zoo_dir / "models.csv")
     run_ids = models.loc[models["status"] == "done", "run_id"].tolist()
@@ -179,7 +211,7 @@ def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None,
         from joblib import Parallel, delayed
         import os
         threads = max(1, (os.cpu_count() or 1) // workers)
-        jobs = (delayed(_run_measures)(str(zoo_dir), r, names, options, data_dir, threads) for r in run_ids)
+        jobs = (delayed(_run_measures)(str(zoo_dir), r, fingerprints, options, data_dir, threads) for r in run_ids)
         results = []
         for result in Parallel(n_jobs=workers, return_as="generator_unordered")(jobs):
             results.append(result)
@@ -187,7 +219,7 @@ def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None,
     else:
         results = []
         for r in run_ids:
-            results.append(_run_measures(str(zoo_dir), r, names, options, data_dir, None))
+            results.append(_run_measures(str(zoo_dir), r, fingerprints, options, data_dir, None))
             bar.update(1)
     bar.close()
     by_run = {r["run_id"]: r for r in results}
@@ -200,7 +232,7 @@ def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None,
         row = {"run_id": run_id}
         for n in names:
             v = values[n]
-            row[n] = v["value"] if not isinstance(v["value"], list) else float("nan")
+            row[n] = v["value"]
             seconds[n].append(v.get("seconds", float("nan")))
             if v.get("error"):
                 errors.append(f"{run_id}\t{n}\t{v['error']}")
@@ -210,6 +242,7 @@ def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None,
     info = pd.DataFrame([{"measure": n, "family": get_measure(n).family,
                           "higher_is_complex": get_measure(n).higher_is_complex,
                           "description": get_measure(n).description, "version": get_measure(n).version,
+                          "code": fingerprints[n][:12],
                           "mean_seconds": float(np.nanmean(seconds[n])) if seconds[n] else float("nan")}
                          for n in names])
     atomic_write_text(zoo_dir / "measures_info.csv", info.to_csv(index=False))

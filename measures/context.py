@@ -10,6 +10,12 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
+from zoo.models import TiedOutput
+
+
+class MeasureUndefined(ValueError):
+    """The measure has no value on this model (e.g. log γ with γ ≤ 0); the message says why."""
+
 
 @dataclass(frozen=True)
 class MeasureOptions:
@@ -19,9 +25,13 @@ class MeasureOptions:
     seed: int = 0                   # picks the sample and seeds every Monte-Carlo search
     # SRR (paper-notes §2.4)
     eps_sq: float = 0.5             # epsilon^2 of the coding rates (SPEC default)
-    l0: str = "raw"                 # raw count | per-token (divided by N) | per-entry (divided by N*d) | l1
+    l0: str = "per-entry"           # ||Z||_0/(N d), the fraction CRATE reports (README: with the raw count the
+                                    # sparsity term was most of SRR's level) | raw | per-token (/N) | l1
     aggregate: str = "mean"         # scalar SRR over layers: mean | last | sum
     normalize_tokens: bool = False  # unit-normalise each token before the coding rates
+    # spectral product and sum forms
+    shared_weights: str = "per-use" # a matrix applied twice on a path (W_qkv of crate-c/-n/-t) enters the
+                                    # products and sums twice (per-use, a Lipschitz bound of the path) or once
     # margin
     margin_quantile: float = 0.1    # Jiang's 10th percentile
     # PAC-Bayes sigma and sharpness alpha searches (measure-formulas §8.4-8.6)
@@ -37,14 +47,19 @@ class MeasureOptions:
     rho: float = 0.05               # perturbation radius (times |w| when adaptive)
     m_sharpness: int = 128          # batch size m of m-sharpness
     adaptive_norm: str = "l2"       # l2 | linf ball of adaptive sharpness; linf at rho = 0.05 saturates the loss
+    # optimisation, calibration
+    grad_noise_batch: int = 32      # minibatch size of grad-noise (the default zoo's smallest training batch)
+    ece_bins: int = 15              # equal-width confidence bins of the expected calibration error
 
     def __post_init__(self):
         choices = {"split": ("train", "test"), "l0": ("raw", "per-token", "per-entry", "l1"),
-                   "aggregate": ("mean", "last", "sum"), "adaptive_norm": ("l2", "linf")}
+                   "aggregate": ("mean", "last", "sum"), "adaptive_norm": ("l2", "linf"),
+                   "shared_weights": ("per-use", "once")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"measure option {name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
         for name in ("n_samples", "eps_sq", "search_steps", "mc_samples", "ascent_steps", "m_sharpness",
+                     "grad_noise_batch", "ece_bins",
                      "magnitude_eps", "sharpness_mag_eps", "rho", "target_drop", "search_tolerance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"measure option {name} must be positive, got {getattr(self, name)!r}")
@@ -83,18 +98,50 @@ def weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None = No
     return {name: source[name].detach() for name in names}
 
 
+def path_weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
+                         shared: str = "per-use") -> dict[str, torch.Tensor]:
+    """W_1..W_{d_L} of the spectral product and sum forms: ``weight_matrices`` with, for ``shared="per-use"``,
+    each tied qkv matrix listed a second time (key ``<...>.qkv.weight@output_map``) right after itself.
+
+    crate-c/-n/-t apply W_qkv on the way in and again as the output map, so a bound on the attention path's
+    Lipschitz constant has ‖W_qkv‖ twice; counted once, those variants would get d_L = 2L + 2 matrices against
+    crate's 3L + 2 and a smaller product only for having fewer entries. ``"once"`` lists every parameter once.
+    """
+    if shared not in ("per-use", "once"):
+        raise ValueError(f"shared must be 'per-use' or 'once', got {shared!r}")
+    matrices = weight_matrices(model, state)
+    if shared == "once":
+        return matrices
+    tied = {name.rsplit(".", 1)[0] + ".qkv.weight" for name, module in model.named_modules()
+            if isinstance(module, TiedOutput)}
+    out = {}
+    for name, w in matrices.items():
+        out[name] = w
+        if name in tied:
+            out[name + "@output_map"] = w
+    return out
+
+
 @dataclass
 class MeasureContext:
     model: nn.Module                      # trained model, eval mode; measures must not change it
     init_state: dict[str, torch.Tensor]   # state_dict at initialisation (same keys as the model's)
-    x: torch.Tensor                       # (M, C, H, W) fixed sample of the chosen split
-    y: torch.Tensor                       # (M,)
-    n_train: int                          # m, size of the full training set (for the log(m/sigma) terms)
+    x: torch.Tensor | None                # (M, C, H, W) fixed sample of the chosen split; None: data-free context
+    y: torch.Tensor | None                # (M,)
+    n_train: int | None                   # m, size of the full training set (for the log(m/sigma) terms)
     options: MeasureOptions = field(default_factory=MeasureOptions)
     cache: dict = field(default_factory=dict)
+    training_log: list[dict] | None = None  # runs/<id>/log.csv rows (epoch, step, train_loss ...); None: unknown
 
     def __post_init__(self):
         self.model.eval()
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), or an error naming the cause when this context was built without data."""
+        if self.x is None or self.y is None:
+            raise RuntimeError("this context has no data sample (only needs_data=False measures were asked for); "
+                               "a measure that reads the data must be registered with needs_data=True")
+        return self.x, self.y
 
     def cached(self, key: str, compute):
         """Compute ``compute()`` once per context and share it between measures."""
@@ -105,8 +152,9 @@ class MeasureContext:
     def features(self) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
         """Logits (M, classes) and per-layer Z_in, Z_half, Z_out (M, N, d) on the sample, one no-grad pass."""
         def run():
+            x, _ = self.sample()
             with torch.no_grad():
-                return self.model(self.x, return_features=True)
+                return self.model(x, return_features=True)
         return self.cached("features", run)
 
     def logits(self) -> torch.Tensor:
@@ -117,6 +165,18 @@ class MeasureContext:
 
     def init_weights(self) -> dict[str, torch.Tensor]:
         return self.cached("init_weights", lambda: weight_matrices(self.model, self.init_state))
+
+    def path_weights(self) -> dict[str, torch.Tensor]:
+        """The matrices of the spectral products and sums (``path_weight_matrices`` under options.shared_weights)."""
+        # the option is in the key (and in the keys of everything computed from these matrices) because a cache
+        # may be shared between contexts of other options (benchmark/experiments/sensitivity.py does so)
+        shared = self.options.shared_weights
+        return self.cached(f"path_weights(shared={shared})", lambda: path_weight_matrices(self.model, None, shared))
+
+    def init_path_weights(self) -> dict[str, torch.Tensor]:
+        shared = self.options.shared_weights
+        return self.cached(f"init_path_weights(shared={shared})",
+                           lambda: path_weight_matrices(self.model, self.init_state, shared))
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A fresh generator seeded from the options' seed, so every measure is reproducible on its own."""

@@ -1,7 +1,8 @@
 """Layer-wise SRR of every saved checkpoint (init, chosen epochs, final) of every finished run.
 
 Writes ``layerwise.csv`` (run_id, variant, epoch, layer, srr, sparsity, rc, r); values are cached per run in
-``runs/<id>/layerwise.json`` with the options and the final checkpoint's sha256 they were computed under. A run
+``runs/<id>/layerwise.json`` with the options, the final checkpoint's sha256 and the fingerprint of the code
+(this module, ``measures.srr`` and what they use) they were computed under. A run
 whose checkpoints cannot be loaded safely, or whose layer-wise SRR fails, is reported in one line and left out;
 the other runs carry on.
 """
@@ -15,6 +16,7 @@ from zoo.store import RunStore, atomic_write_text, write_json
 
 from .compute import checkpoint_digest, load_run, make_context, read_cache
 from .context import MeasureOptions
+from .registry import modules_fingerprint
 from .srr import srr_per_layer
 
 COLUMNS = ["run_id", "variant", "epoch", "layer", "srr", "sparsity", "rc", "r"]
@@ -24,7 +26,8 @@ def run_layerwise(store: RunStore, run_id: str, options: MeasureOptions, data_di
                   notes: list[str] | None = None) -> list[dict]:
     cache_path = store.run_dir(run_id) / "layerwise.json"
     variant = store.load_config(run_id).model.variant  # raises for a foreign config before any cache is served
-    key = {"options": options.as_dict(), "checkpoint": checkpoint_digest(store, run_id)}
+    key = {"options": options.as_dict(), "checkpoint": checkpoint_digest(store, run_id),
+           "code": modules_fingerprint(__name__, "measures.srr", "measures.context")}
     cached = read_cache(cache_path, key, notes if notes is not None else [])
     if cached is not None and isinstance(cached.get("rows"), list):
         return cached["rows"]

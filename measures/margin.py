@@ -14,14 +14,10 @@ import math
 
 import torch
 
-from .context import MeasureContext
+from .context import MeasureContext, MeasureUndefined
 from .registry import register_measure
 
 __all__ = ["MeasureUndefined", "sample_margins", "margin", "positive_margin", "log_margin_sq"]
-
-
-class MeasureUndefined(ValueError):
-    """The measure has no value on this model (e.g. log γ with γ ≤ 0); the message says why."""
 
 
 def sample_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -16,19 +16,21 @@ from .registry import register_measure
 __all__ = ["frobenius_sq", "frobenius_dist_sq"]
 
 
-def frobenius_sq(ctx: MeasureContext) -> dict[str, float]:
-    """‖W_i‖²_F per weight matrix, float64, cached per context."""
-    return ctx.cached("norms.fro_sq", lambda: {
-        name: float(w.to(torch.float64).square().sum()) for name, w in ctx.weights().items()})
+def frobenius_sq(ctx: MeasureContext, path: bool = False) -> dict[str, float]:
+    """‖W_i‖²_F per weight matrix (``path=True``: per matrix of ``ctx.path_weights()``), float64, cached."""
+    weights = ctx.path_weights() if path else ctx.weights()
+    return ctx.cached(f"norms.fro_sq(path={path and ctx.options.shared_weights})", lambda: {
+        name: float(w.to(torch.float64).square().sum()) for name, w in weights.items()})
 
 
-def frobenius_dist_sq(ctx: MeasureContext) -> dict[str, float]:
-    """‖W_i − W_i⁰‖²_F per weight matrix, float64, cached per context."""
+def frobenius_dist_sq(ctx: MeasureContext, path: bool = False) -> dict[str, float]:
+    """‖W_i − W_i⁰‖²_F per weight matrix (``path=True``: per matrix of ``ctx.path_weights()``), float64, cached."""
     def compute() -> dict[str, float]:
-        init = ctx.init_weights()
+        weights, init = (ctx.path_weights(), ctx.init_path_weights()) if path else (ctx.weights(),
+                                                                                   ctx.init_weights())
         return {name: float((w.to(torch.float64) - init[name].to(torch.float64)).square().sum())
-                for name, w in ctx.weights().items()}
-    return ctx.cached("norms.fro_dist_sq", compute)
+                for name, w in weights.items()}
+    return ctx.cached(f"norms.fro_dist_sq(path={path and ctx.options.shared_weights})", compute)
 
 
 @register_measure("num-params", family="norm")

@@ -13,7 +13,14 @@ non-negative weights and inputs ReLU is the identity, so the forward pass sums t
   1·z + η²(Dᵀ)^{∘2} z + η²(Dᵀ)^{∘2} D^{∘2} z + (ηλ)²); the threshold is a bias: squared and added;
 - ReLU is the identity (every quantity is non-negative);
 - LayerNorm is the diagonal affine map diag(g²) x + b²: the data-dependent 1/σ and the mean subtraction are dropped
-  (no principled path form exists; this keeps exactly LN's learned coefficients);
+  (no principled path form exists; this keeps exactly LN's learned coefficients). Consequence: ``path-norm`` grows
+  with the scale of every map that feeds a LayerNorm although the function ignores that scale (×10 on the patch
+  embedding of a trained digits model moves its logits by ~3e-6 and its log path-norm from 1.68 to 2.30).
+  ``layer_norm="normalized"`` (measure ``path-norm-normalized``) is the scale-invariant variant: LN first divides
+  each token's path vector by its mean over features, the path analogue of LN's 1/σ² (path vectors hold squared
+  coefficients, so a map scaled by c scales them by c²), then applies diag(g²) · + b²; an all-zero token stays
+  zero. It is invariant to any positive rescaling of a map feeding a LayerNorm, as the function is, and keeps
+  how the path mass is spread over features;
 - attention is fixed to the uniform matrix A = 𝟙𝟙ᵀ/N over the N tokens (option (b) of pitfall 4), so
   A^{∘2} = 𝟙𝟙ᵀ/N². The softmax logits are not on any value path, so Q/K and the attention temperature drop out.
   Uniform attention keeps the token mixing through which the patches reach the cls token; the alternative
@@ -43,6 +50,8 @@ from .margin import log_margin_sq
 from .registry import register_measure
 
 __all__ = ["mlp_path_norm", "path_norm_forward"]
+
+LAYER_NORM_RULES = ("affine", "normalized")
 
 
 def mlp_path_norm(weights) -> float:
@@ -108,8 +117,17 @@ def _linear(z: _Scaled, linear: nn.Linear) -> _Scaled:
     return out if linear.bias is None else out.plus_bias(_sq(linear.bias))
 
 
-def _layer_norm(z: _Scaled, norm: nn.LayerNorm) -> _Scaled:
+def _normalize_tokens(z: _Scaled) -> _Scaled:
+    # v / mean_features(v) per token: the result no longer depends on z's scale, so the log scale restarts at 0
+    mean = z.value.mean(dim=-1, keepdim=True)
+    return _Scaled.of(torch.where(mean > 0, z.value / torch.where(mean > 0, mean, 1.0), 0.0))
+
+
+def _layer_norm(z: _Scaled, norm: nn.LayerNorm, rule: str = "affine") -> _Scaled:
     # LN -> diag(g^2) x + b^2: the data-dependent mean subtraction and 1/sigma have no path form and are dropped
+    # ("affine"), or 1/sigma^2 is replaced by the token's mean path mass ("normalized"; module docstring)
+    if rule == "normalized":
+        z = _normalize_tokens(z)
     out = z if norm.weight is None else z.map(lambda v: v * _sq(norm.weight))
     return out if norm.bias is None else out.plus_bias(_sq(norm.bias))
 
@@ -143,7 +161,7 @@ def _ista(z: _Scaled, ista) -> _Scaled:
     return out.plus_bias(torch.tensor(float(ista.step * ista.lambd) ** 2, dtype=torch.float64))
 
 
-def path_norm_forward(model: CRATE, tokens: str = "uniform") -> float:
+def path_norm_forward(model: CRATE, tokens: str = "uniform", layer_norm: str = "affine") -> float:
     """Natural log of CRATE's path-norm Σ_outputs f_{w∘w}(𝟙) under the rules of the module docstring.
 
     Parameters
@@ -153,6 +171,9 @@ def path_norm_forward(model: CRATE, tokens: str = "uniform") -> float:
     tokens : {"uniform", "self"}
         The fixed attention matrix: "uniform" A = 𝟙𝟙ᵀ/N (default; keeps token mixing) or "self" A = I (the
         length-1-sequence convention: only the cls token's own paths reach the logits).
+    layer_norm : {"affine", "normalized"}
+        LayerNorm rule: diag(g²) x + b² (default, grows with the scale of the maps feeding a LayerNorm) or the
+        scale-invariant rule that first divides each token's path vector by its feature mean.
 
     Returns
     -------
@@ -161,22 +182,25 @@ def path_norm_forward(model: CRATE, tokens: str = "uniform") -> float:
     """
     if tokens not in ("uniform", "self"):
         raise ValueError(f"tokens must be 'uniform' or 'self', got {tokens!r}")
+    if layer_norm not in LAYER_NORM_RULES:
+        raise ValueError(f"layer_norm must be one of {', '.join(LAYER_NORM_RULES)}, got {layer_norm!r}")
+    ln = layer_norm
     cfg = model.config
     tok = model.tokenizer
     with torch.no_grad():
         patch_dim = cfg.channels * cfg.patch_size ** 2
         x = _Scaled.of(torch.ones(cfg.num_patches, patch_dim, dtype=torch.float64))  # patches of 𝟙: a permutation
-        x = _layer_norm(_linear(_layer_norm(x, tok.patch_norm), tok.patch_embed), tok.embed_norm)   # (n, d)
+        x = _layer_norm(_linear(_layer_norm(x, tok.patch_norm, ln), tok.patch_embed), tok.embed_norm, ln)  # (n, d)
         cls_sq = _sq(tok.cls_token).reshape(1, cfg.dim)
         zero_row = torch.zeros(1, cfg.dim, dtype=torch.float64)
         z = _Scaled(torch.cat([zero_row, x.value]), x.log_scale).plus(
             _Scaled.of(torch.cat([cls_sq, torch.zeros_like(x.value)])))                   # (N, d): [cls; patches]
         z = z.plus_bias(_sq(tok.pos_embedding).reshape(-1, cfg.dim))
         for layer in model.layers:
-            z_half = z.plus(_mssa(_layer_norm(z, layer.attn_norm), layer.attn, tokens))
-            z = _ista(_layer_norm(z_half, layer.ista_norm), layer.ista)
+            z_half = z.plus(_mssa(_layer_norm(z, layer.attn_norm, ln), layer.attn, tokens))
+            z = _ista(_layer_norm(z_half, layer.ista_norm, ln), layer.ista)
         cls_out = _Scaled(z.value[:1], z.log_scale)
-        logits = _linear(_layer_norm(cls_out, model.head_norm), model.head)             # (1, classes)
+        logits = _linear(_layer_norm(cls_out, model.head_norm, ln), model.head)         # (1, classes)
         return logits.log_total()
 
 
@@ -190,3 +214,9 @@ def path_norm(ctx: MeasureContext) -> float:
 def path_norm_over_margin(ctx: MeasureContext) -> float:
     """log path-norm − 2 log γ, the log of path-norm/γ² (Jiang eq. 43); undefined when γ ≤ 0."""
     return ctx.cached("pathnorm.log", lambda: path_norm_forward(ctx.model)) - log_margin_sq(ctx)
+
+
+@register_measure("path-norm-normalized", family="path-norm")
+def path_norm_normalized(ctx: MeasureContext) -> float:
+    """log path-norm with the scale-invariant LayerNorm rule (each token's path vector divided by its feature mean)."""
+    return path_norm_forward(ctx.model, layer_norm="normalized")

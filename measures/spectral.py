@@ -1,6 +1,9 @@
 """Spectral and Frobenius measures (Jiang et al. eqs. 29–39; measure-formulas §8.3), in the port's log form.
 
-W_1..W_{d_L} are the matrices of ``context.weight_matrices``; "log" is the natural logarithm; γ is the signed
+W_1..W_{d_L} are the matrices of ``context.path_weight_matrices``: every 2-D parameter, with a matrix applied twice on
+a path (W_qkv of the tied variants crate-c/-n/-t, also their output map) listed twice under the default option
+``shared_weights="per-use"``, so every variant with an output map has d_L = 3L + 2 (``"once"``: 2L + 2 for the tied
+ones). Every measure of this module, sums included, runs over that list. "log" is the natural logarithm; γ is the signed
 10th-percentile margin of ``measures.margin``. All CRATE maps are ``Linear``, so ‖W‖₂ is the exact largest singular
 value (``torch.linalg.matrix_norm(W, 2)``), in float64. Products are sums of logs so that d_L = 50 matrices with
 ‖W‖ ~ 10 do not overflow.
@@ -24,9 +27,10 @@ __all__ = ["spectral_sq"]
 
 
 def spectral_sq(ctx: MeasureContext) -> dict[str, float]:
-    """‖W_i‖²₂ per weight matrix, float64, cached per context (one SVD each, shared by every spectral measure)."""
-    return ctx.cached("spectral.spec_sq", lambda: {
-        name: float(torch.linalg.matrix_norm(w.to(torch.float64), 2)) ** 2 for name, w in ctx.weights().items()})
+    """‖W_i‖²₂ per path matrix, float64, cached per context (one SVD each, shared by every spectral measure)."""
+    return ctx.cached(f"spectral.spec_sq(shared={ctx.options.shared_weights})", lambda: {
+        name: float(torch.linalg.matrix_norm(w.to(torch.float64), 2)) ** 2
+        for name, w in ctx.path_weights().items()})
 
 
 def _log_sum(values) -> float:
@@ -38,26 +42,26 @@ def _log_prod_spec(ctx: MeasureContext) -> float:
 
 
 def _log_prod_fro(ctx: MeasureContext) -> float:
-    return _log_sum(frobenius_sq(ctx).values())
+    return _log_sum(frobenius_sq(ctx, path=True).values())
 
 
 def _sum_form(ctx: MeasureContext, log_prod: float) -> float:
     # d (Π_i ‖W_i‖²)^{1/d}: the minimum of Σ_i ‖W_i‖² over layer-wise rescalings of a homogeneous network.
-    d = len(ctx.weights())
+    d = len(ctx.path_weights())
     return math.log(d) + log_prod / d
 
 
 def _fro_over_spec(ctx: MeasureContext) -> float:
     spec = spectral_sq(ctx)
-    return sum(f / spec[name] for name, f in frobenius_sq(ctx).items())
+    return sum(f / spec[name] for name, f in frobenius_sq(ctx, path=True).items())
 
 
 @register_measure("dist-spec-init", family="spectral")
 def dist_spec_init(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i − W_i⁰‖²₂, spectral distance from initialisation (Jiang eq. 41)."""
-    init = ctx.init_weights()
+    init = ctx.init_path_weights()
     return sum(float(torch.linalg.matrix_norm(w.to(torch.float64) - init[name].to(torch.float64), 2)) ** 2
-               for name, w in ctx.weights().items())
+               for name, w in ctx.path_weights().items())
 
 
 @register_measure("log-prod-of-spec", family="spectral")
@@ -118,7 +122,7 @@ def fro_over_spec(ctx: MeasureContext) -> float:
 def log_spec_init_main(ctx: MeasureContext) -> float:
     """log of (Π_i ‖W_i‖²₂/γ²) Σ_i ‖W_i − W_i⁰‖²_F/‖W_i‖²₂ (Jiang eq. 29); undefined when γ ≤ 0 or w = w⁰."""
     spec = spectral_sq(ctx)
-    ratio = sum(dist / spec[name] for name, dist in frobenius_dist_sq(ctx).items())
+    ratio = sum(dist / spec[name] for name, dist in frobenius_dist_sq(ctx, path=True).items())
     if not ratio > 0:
         raise MeasureUndefined("every weight matrix equals its initial value: Σ_i ‖W_i − W_i⁰‖²_F/‖W_i‖²₂ = 0 and "
                                "its log is undefined")

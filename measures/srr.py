@@ -5,9 +5,11 @@ Row convention: one sample's tokens are the rows of Z (N x d); U_k (d x p) is a 
 - Coding rate, CRATE eq. (7):            R(Z)      = 1/2 logdet(I + d/(N eps^2) Z^T Z)
 - Subspace coding rate, CRATE eq. (8):   R^c(Z; U) = sum_k 1/2 logdet(I + p/(N eps^2) (Z U_k)^T (Z U_k))
 - Rate reduction:                        dR        = R - R^c
-- Layer measure (paper-notes §2.4):      SRR_l     = ||Z||_0 + R^c(Z; U^l) - R(Z),  Z = Z^{l+1} (ISTA output),
+- Layer measure (paper-notes §2.4):      SRR_l     = ||Z||_0/(N d) + R^c(Z; U^l) - R(Z),  Z = Z^{l+1} (ISTA output),
   i.e. the negative of the SRR objective (CRATE eq. 1) with lambda = 1, averaged over M training samples, so a
   larger value reads as "more complex". The scalar ``srr`` aggregates layers by ``MeasureOptions.aggregate``.
+  The sparsity term is the fraction of non-zero entries by default (``l0="per-entry"``, the form CRATE reports and
+  paper-notes §2.4 recommend); the raw count ``l0="raw"`` is of order N d and made SRR mostly a count of non-zeros.
 
 Choices the paper leaves open (eps^2, l0 scaling, aggregation, token normalisation) come from ``ctx.options``.
 "Nonzero" means exactly ``!= 0``: Z^{l+1} is a ReLU output, so inactive entries are exact zeros, as in CRATE's
@@ -147,7 +149,7 @@ def _sparsity(Z: torch.Tensor, l0: str) -> torch.Tensor:
     raise ValueError(f"l0 option {l0!r}; allowed: raw, per-token, per-entry, l1")
 
 
-def srr_components(Z: torch.Tensor, U: torch.Tensor, eps_sq: float, l0: str = "raw",
+def srr_components(Z: torch.Tensor, U: torch.Tensor, eps_sq: float, l0: str = "per-entry",
                    normalize_tokens: bool = False) -> dict[str, torch.Tensor]:
     """Per-sample ``sparsity``, ``rc``, ``r`` and ``srr = sparsity + rc - r`` (each (M,) float64) at one layer.
 
@@ -209,13 +211,13 @@ def aggregate_layers(values: np.ndarray, how: str) -> float:
 
 @register_measure("srr", family="srr", needs_data=True, higher_is_complex=True)
 def srr(ctx: MeasureContext) -> float:
-    """Sparse rate reduction ||Z||_0 + R^c - R at each ISTA output, aggregated over layers (options.aggregate)."""
+    """Sparse rate reduction l0(Z) + R^c - R (l0 per options.l0) at each ISTA output, aggregated over layers."""
     return aggregate_layers(srr_per_layer(ctx)["srr"], ctx.options.aggregate)
 
 
 @register_measure("srr-last", family="srr", needs_data=True, higher_is_complex=True)
 def srr_last(ctx: MeasureContext) -> float:
-    """Sparse rate reduction ||Z||_0 + R^c - R at the last layer only."""
+    """Sparse rate reduction l0(Z) + R^c - R (l0 per options.l0) at the last layer only."""
     return float(srr_per_layer(ctx)["srr"][-1])
 
 

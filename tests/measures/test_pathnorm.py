@@ -224,3 +224,34 @@ def test_over_margin_is_log_path_norm_minus_two_log_gamma():
     ctx.cache.pop("margin.gamma")
     with pytest.raises(MeasureUndefined, match="≤ 0"):
         path_norm_over_margin(ctx)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scale-invariant LayerNorm rule
+
+def test_normalized_rule_by_hand():
+    # Every LN divides each token by its feature mean (then gain 1, bias 0): patches (1), embedded (1, 1);
+    # qkv: (2, 2); uniform A^2: S rows (8/25, 8/25); crate-c: (0.64, 0.64); Z^{1/2}: cls (0.64, 0.64), patches
+    # (1.64, 1.64); the ISTA LN maps both to (1, 1); ISTA: 1 + 0.02 + 0.04 + 1e-4 = 1.0601 per coordinate; the head
+    # LN maps the cls row to (1, 1); head W^2 = ones: logits (2, 2), sum 4.
+    assert math.exp(path_norm_forward(hand_model("crate-c"), layer_norm="normalized")) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("variant", ["crate", "crate-c"])
+def test_normalized_rule_ignores_the_scale_of_maps_feeding_a_layer_norm_and_affine_does_not(variant):
+    torch.manual_seed(0)
+    m = build_model(variant, image_size=8, patch_size=4, channels=1, num_classes=10, dim=16, depth=2, heads=2)
+    x = torch.randn(4, 1, 8, 8)
+    before = {rule: path_norm_forward(m, layer_norm=rule) for rule in ("affine", "normalized")}
+    logits = m.eval()(x)
+    with torch.no_grad():                               # the patch embedding feeds embed_norm, a LayerNorm
+        m.tokenizer.patch_embed.weight.mul_(10.0)
+        m.tokenizer.patch_embed.bias.mul_(10.0)
+    assert torch.allclose(m(x), logits, atol=1e-4)      # the function barely changes (LN's eps only)...
+    assert path_norm_forward(m, layer_norm="normalized") == pytest.approx(before["normalized"], rel=1e-12)
+    assert path_norm_forward(m, layer_norm="affine") > before["affine"] + 0.5    # ...the affine rule grows
+
+
+def test_unknown_layer_norm_rule_is_named():
+    with pytest.raises(ValueError, match="layer_norm must be one of affine, normalized"):
+        path_norm_forward(hand_model("crate"), layer_norm="batch")

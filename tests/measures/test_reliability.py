@@ -7,6 +7,7 @@ import io
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +86,11 @@ def test_mismatched_or_corrupt_cache_is_reported_and_recomputed(zoo, damage, rea
     assert "0 values computed, 12 from cache" in summary_line(zoo)    # the repaired cache serves the next call
 
 
-def test_a_changed_measure_version_recomputes_only_that_measure(zoo):
+def test_a_changed_code_fingerprint_recomputes_only_that_measure(zoo):
     victim = ids(zoo)[0]
     cache = zoo / "runs" / victim / "measures.json"
     data = json.loads(cache.read_text())
-    data["values"]["srr"]["version"] = 0
+    data["values"]["srr"]["code"] = "computed by other code"
     cache.write_text(json.dumps(data))
     assert "1 values computed, 11 from cache" in summary_line(zoo)
 
@@ -193,3 +194,27 @@ def test_overflowing_measures_give_nan_with_a_logged_reason(zoo, overflowing_mea
         assert f"{run_id}\ttest-raises\tOverflowError: math range error" in errors
     cached = json.loads((zoo / "runs" / table["run_id"][0] / "measures.json").read_text())["values"]
     assert math.isnan(cached["test-overflow"]["value"]) and cached["test-overflow"]["error"] == "non-finite value inf"
+
+
+def test_weight_only_measures_never_load_the_dataset(zoo, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was loaded for needs_data=False measures")
+    # sys.modules: the package's attribute `measures.compute` is the function, not the module
+    monkeypatch.setattr(sys.modules["measures.compute"], "cached_dataset", no_data)
+    for run_id in ids(zoo):
+        (zoo / "runs" / run_id / "measures.json").unlink()
+    table, lines, summary = measure(zoo, ["l2", "path-norm", "ww-alpha"])
+    assert "12 values computed" in summary and "0 failed" in summary, (lines, summary)
+    assert np.isfinite(table[["l2", "path-norm", "ww-alpha"]].to_numpy()).all()
+
+
+def test_layerwise_cache_of_other_code_is_recomputed(zoo):
+    victim = ids(zoo)[0]
+    cache = zoo / "runs" / victim / "layerwise.json"
+    data = json.loads(cache.read_text())
+    data["code"] = "computed by other code"
+    cache.write_text(json.dumps(data))
+    lines = []
+    layerwise_zoo(zoo, options=OPTIONS, progress=False, log=lines.append)
+    assert lines == [f"layerwise: {cache}: computed with other code of the SRR modules; recomputing"]
+    assert json.loads(cache.read_text())["code"] != "computed by other code"

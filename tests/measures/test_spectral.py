@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from measures import spectral as S
-from measures.context import MeasureContext
+from measures.context import MeasureContext, MeasureOptions
 from measures.margin import MeasureUndefined
 from zoo.models import build_model
 
@@ -17,12 +17,12 @@ SPEC_SQ = [4, 9, 1, 16, 0.25]
 FRO_SQ = [7, 10.5, 4, 20, 0.375]
 
 
-def diagonal_context(margin=2.0, variant="crate"):
+def diagonal_context(margin=2.0, variant="crate", singular=SINGULAR):
     """Weights diag(SINGULAR[i]); init = weights minus e1 e1^T, so every W - W0 has ||.||_2 = ||.||_F = 1."""
     m = build_model(variant, **TINY)
     init = {k: v.clone() for k, v in m.state_dict().items()}
     with torch.no_grad():
-        for (name, p), s in zip(((n, p) for n, p in m.named_parameters() if p.ndim == 2), SINGULAR):
+        for (name, p), s in zip(((n, p) for n, p in m.named_parameters() if p.ndim == 2), singular):
             p.zero_()
             p[range(len(s)), range(len(s))] = torch.tensor(s, dtype=p.dtype)
             init[name] = p.detach().clone()
@@ -38,7 +38,7 @@ def diagonal_context(margin=2.0, variant="crate"):
 def test_spectral_norms_are_cached_and_exact():
     ctx = diagonal_context()
     assert list(S.spectral_sq(ctx).values()) == pytest.approx(SPEC_SQ)
-    assert "spectral.spec_sq" in ctx.cache
+    assert "spectral.spec_sq(shared=per-use)" in ctx.cache
 
 
 def test_products_and_sums_in_log_form():
@@ -67,13 +67,18 @@ def test_fro_over_spec_and_the_main_bounds():
     assert S.dist_spec_init(ctx) == pytest.approx(5.0)
 
 
-def test_against_numpy_on_random_weights():
+@pytest.mark.parametrize("shared", ["once", "per-use"])
+def test_against_numpy_on_random_weights(shared):
     torch.manual_seed(0)
     m = build_model("crate-c", **TINY)
     init = {k: torch.randn_like(v) for k, v in m.state_dict().items()}
     ctx = MeasureContext(model=m, init_state=init, x=torch.zeros(2, 1, 4, 4), y=torch.zeros(2, dtype=torch.long),
-                         n_train=100)
+                         n_train=100, options=MeasureOptions(shared_weights=shared))
     mats = {n: p.detach().double().numpy() for n, p in m.named_parameters() if p.ndim == 2}
+    if shared == "per-use":       # crate-c applies W_qkv on the way in and as its output map
+        mats["qkv again"] = mats["layers.0.attn.qkv.weight"]
+        init["qkv again"] = init["layers.0.attn.qkv.weight"]
+    assert len(ctx.path_weights()) == len(mats)
     spec = [np.linalg.norm(w, 2) ** 2 for w in mats.values()]
     fro = [np.linalg.norm(w, "fro") ** 2 for w in mats.values()]
     dist = sum(np.linalg.norm(w - init[n].double().numpy(), 2) ** 2 for n, w in mats.items())
@@ -98,3 +103,30 @@ def test_spec_init_main_is_undefined_at_initialisation():
     with pytest.raises(MeasureUndefined, match="equals its initial value"):
         S.log_spec_init_main(ctx)
     assert S.dist_spec_init(ctx) == 0.0
+
+
+@pytest.mark.parametrize("variant", ["crate-c", "crate-n", "crate-t"])
+def test_tied_qkv_counts_per_use_so_tied_variants_have_crates_d_L(variant):
+    # L = 1: crate has qkv, output map, ISTA, patch embed, head = 3L + 2 = 5 matrices; a tied variant has 4
+    # parameters, and per use its qkv enters twice: 5 again, with log ||W_qkv||^2 added to the product.
+    no_output_map = [SINGULAR[0], SINGULAR[1], SINGULAR[3], SINGULAR[4]]   # patch embed, qkv, ISTA D, head
+    crate = diagonal_context(variant="crate")
+    tied = diagonal_context(variant=variant, singular=no_output_map)
+    once = diagonal_context(variant=variant, singular=no_output_map)
+    once.options = MeasureOptions(shared_weights="once")
+    assert len(crate.path_weights()) == len(tied.path_weights()) == 5 and len(once.path_weights()) == 4
+    # ||W||_2^2: patch embed 4, qkv 9, ISTA D 16, head 0.25
+    assert S.log_prod_of_spec(once) == pytest.approx(math.log(4 * 9 * 16 * 0.25))
+    assert S.log_prod_of_spec(tied) == pytest.approx(math.log(4 * 9 * 9 * 16 * 0.25))
+    assert S.log_sum_of_spec(tied) == pytest.approx(math.log(5) + math.log(4 * 9 * 9 * 16 * 0.25) / 5)
+    assert S.fro_over_spec(tied) == pytest.approx(7 / 4 + 2 * 10.5 / 9 + 20 / 16 + 0.375 / 0.25)
+    assert S.dist_spec_init(tied) == pytest.approx(5.0) and S.dist_spec_init(once) == pytest.approx(4.0)
+
+
+def test_a_cache_shared_between_option_sets_keeps_them_apart():
+    per_use = diagonal_context(variant="crate-c", singular=[SINGULAR[0], SINGULAR[1], SINGULAR[3], SINGULAR[4]])
+    once = MeasureContext(model=per_use.model, init_state=per_use.init_state, x=per_use.x, y=per_use.y,
+                          n_train=100, options=MeasureOptions(shared_weights="once"), cache=per_use.cache)
+    assert S.log_prod_of_spec(per_use) == pytest.approx(math.log(4 * 9 * 9 * 16 * 0.25))
+    assert S.log_prod_of_spec(once) == pytest.approx(math.log(4 * 9 * 16 * 0.25))
+    assert S.log_prod_of_fro(per_use) - S.log_prod_of_fro(once) == pytest.approx(math.log(10.5))

@@ -121,7 +121,8 @@ def tiny_context(**options) -> MeasureContext:
 
 
 def loop_per_layer(ctx: MeasureContext, l1: bool = False) -> dict[str, np.ndarray]:
-    """Direct recomputation: per layer, per sample, ||Z||_0 (or ||Z||_1), R^c and R from the full forms."""
+    """Direct recomputation: per layer, per sample, ||Z||_0/(N d) (the default l0="per-entry"; or ||Z||_1), R^c and
+    R from the full forms."""
     with torch.no_grad():
         _, feats = ctx.model(ctx.x, return_features=True)
         subspaces = ctx.model.subspaces().double().numpy()
@@ -129,7 +130,7 @@ def loop_per_layer(ctx: MeasureContext, l1: bool = False) -> dict[str, np.ndarra
     for layer, f in enumerate(feats):
         rows = []
         for z in f["Z_out"].double().numpy():
-            s = np.abs(z).sum() if l1 else np.count_nonzero(z)
+            s = np.abs(z).sum() if l1 else np.count_nonzero(z) / z.size
             rows.append((s, full_rate_subspaces(z, subspaces[layer], ctx.options.eps_sq),
                          full_rate(z, ctx.options.eps_sq)))
         s, rc, r = np.mean(rows, axis=0)
@@ -146,7 +147,7 @@ def test_srr_per_layer_matches_direct_loop(chunk, monkeypatch):
     for key in want:
         assert got[key].shape == (2,)
         np.testing.assert_allclose(got[key], want[key], rtol=1e-9)
-    assert np.all(got["sparsity"] > 0) and np.all(got["sparsity"] <= 17 * 16)   # N = 17 tokens, d = 16
+    assert np.all(got["sparsity"] > 0) and np.all(got["sparsity"] <= 1)    # the fraction of non-zero entries
     np.testing.assert_allclose(got["srr"], got["sparsity"] + got["rc"] - got["r"])
 
 
@@ -190,6 +191,14 @@ def test_normalize_tokens_changes_rates_not_sparsity():
     _, feats = ctx.features()
     z = torch.nn.functional.normalize(feats[-1]["Z_out"].double(), dim=-1)
     assert normed["r"][-1] == pytest.approx(srr.coding_rate(z, 0.5).mean().item())
+
+
+def test_default_sparsity_is_the_fraction_of_non_zero_entries():
+    # l0 = "per-entry" by default (README: the raw count made ||Z||_0 most of SRR's level)
+    assert MeasureOptions().l0 == "per-entry"
+    z = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]]])               # N = 3, d = 2, two non-zeros
+    got = srr.srr_components(z, torch.eye(2)[None], 0.5)["sparsity"]
+    assert got.tolist() == [2 / 6]
 
 
 def test_registered_directions():
