@@ -22,8 +22,9 @@ bounds take the log of the scale that was searched):
 - sharpness-init      ‖w − w⁰‖²·log(2ω)/(4α′²) + log(m/α′) + 10
 - sharpness-orig      ‖w‖²·log(2ω)/(4α′²) + log(m/α′) + 10
 - sharpness-flatness  1/α′²
-- sharpness-mag-init  ¼ Σ_i log[(ε² + (α′² + 4 log 2ω)‖w − w⁰‖²/ω) / (ε² + α′²(w_i − w⁰_i)²)] + log(m/α′) + 10
-- sharpness-mag-orig  the same with ‖w‖² and w_i² (origin prior, as pacbayes-mag-orig)
+- sharpness-mag-init  ¼ Σ_i log[(ε² + (α′² + 4 log 2ω)‖w − w⁰‖²/ω) / (ε² + α′² w_i²)] + log(m/α′) + 10
+- sharpness-mag-orig  the same with ‖w‖² in the numerator
+  (denominator ε² + α′²w_i², the box's scale at coordinate i, not (w_i − w⁰_i): see ``measures.pacbayes``)
 - sharpness-mag-flatness  1/α′²
 The magnitude-aware bounds are recalled from Jiang et al. App. C (no port implements them) [M]; at fixed weights
 they are decreasing in α′, which is what a ranking uses.
@@ -145,11 +146,11 @@ def sharpness_bound(norm_sq: float, alpha: float, omega: int, m: int) -> float:
     return norm_sq * math.log(2 * omega) / (4 * alpha ** 2) + math.log(m / alpha) + 10
 
 
-def sharpness_mag_bound(norm_sq: float, denom_w: torch.Tensor, alpha: float, eps: float, m: int) -> float:
-    """¼ Σ_i log[(ε² + (α² + 4 log 2ω)‖·‖²/ω)/(ε² + α² v_i²)] + log(m/α) + 10, v = ``denom_w``."""
-    omega = denom_w.numel()
+def sharpness_mag_bound(norm_sq: float, w: torch.Tensor, alpha: float, eps: float, m: int) -> float:
+    """¼ Σ_i log[(ε² + (α² + 4 log 2ω)‖·‖²/ω)/(ε² + α² w_i²)] + log(m/α) + 10 (``norm_sq``: ‖w − w⁰‖² or ‖w‖²)."""
+    omega = w.numel()
     numerator = eps ** 2 + (alpha ** 2 + 4 * math.log(2 * omega)) * norm_sq / omega
-    denominator = eps ** 2 + alpha ** 2 * denom_w.double() ** 2
+    denominator = eps ** 2 + alpha ** 2 * w.double() ** 2
     return 0.25 * float(torch.log(numerator / denominator).sum()) + math.log(m / alpha) + 10
 
 
@@ -173,12 +174,11 @@ def sharpness_flatness(ctx) -> float:
     return 1.0 / alpha_prime(ctx) ** 2
 
 
-@register_measure("sharpness-mag-init", family="sharpness", needs_data=True)
+@register_measure("sharpness-mag-init", family="sharpness", needs_data=True, version=2)
 def sharpness_mag_init(ctx) -> float:
     """Magnitude-aware worst-case sharpness bound around w⁰, box |u_i| ≤ α′|w_i| + ε."""
     w, w0 = weights_and_init(ctx)
-    d = w - w0
-    return sharpness_mag_bound(float((d ** 2).sum()), d, mag_alpha_prime(ctx), box_eps(ctx), ctx.n_train)
+    return sharpness_mag_bound(float(((w - w0) ** 2).sum()), w, mag_alpha_prime(ctx), box_eps(ctx), ctx.n_train)
 
 
 @register_measure("sharpness-mag-orig", family="sharpness", needs_data=True)

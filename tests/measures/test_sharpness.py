@@ -165,18 +165,49 @@ def test_bounds_equal_their_formulas(trained):
         "pacbayes-init": (d @ d) / (4 * s ** 2) + math.log(m / s) + 10,
         "pacbayes-orig": (w @ w) / (4 * s ** 2) + math.log(m / s) + 10,
         "pacbayes-flatness": 1 / s ** 2,
-        "pacbayes-mag-init": mag(d @ d, d, sm, 1) + math.log(m / sm) + 10,
+        "pacbayes-mag-init": mag(d @ d, w, sm, 1) + math.log(m / sm) + 10,
         "pacbayes-mag-orig": mag(w @ w, w, sm, 1) + math.log(m / sm) + 10,
         "pacbayes-mag-flatness": 1 / sm ** 2,
         "sharpness-init": (d @ d) * math.log(2 * omega) / (4 * a ** 2) + math.log(m / a) + 10,
         "sharpness-orig": (w @ w) * math.log(2 * omega) / (4 * a ** 2) + math.log(m / a) + 10,
         "sharpness-flatness": 1 / a ** 2,
-        "sharpness-mag-init": mag(d @ d, d, am, 4 * math.log(2 * omega)) + math.log(m / am) + 10,
+        "sharpness-mag-init": mag(d @ d, w, am, 4 * math.log(2 * omega)) + math.log(m / am) + 10,
         "sharpness-mag-orig": mag(w @ w, w, am, 4 * math.log(2 * omega)) + math.log(m / am) + 10,
         "sharpness-mag-flatness": 1 / am ** 2,
     }
     for measure in available("pacbayes-*") + available("sharpness-*"):
         assert measure(ctx) == pytest.approx(expected[measure.name], rel=1e-9), measure.name
+
+
+def test_magnitude_bound_denominators_are_the_noise_variance_also_where_w_equals_w0():
+    # w = (1, 2), w⁰ = (1, 0): the first weight never moved (a frozen crate-fix map). σ = 0.5, ε = 0.1, m = 100.
+    # The noise of coordinate i has variance σ²w_i² + ε² = (0.26, 1.01), so the denominators are those, whatever w⁰:
+    # pacbayes-mag-init = ¼[log((0.01 + 1.25·4/2)/0.26) + log(2.51/1.01)] + log(200) + 10.
+    w, d = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 2.0])
+    by_hand = 0.25 * (math.log(2.51 / 0.26) + math.log(2.51 / 1.01)) + math.log(100 / 0.5) + 10
+    assert pacbayes.pacbayes_mag_bound(float(d @ d), w, 0.5, 0.1, 100) == pytest.approx(by_hand, rel=1e-12)
+    # the sharpness twin: prior variance ε² + (α² + 4 log 2ω)‖w − w⁰‖²/ω with ω = 2, α = 0.5
+    prior = 0.01 + (0.25 + 4 * math.log(4)) * 4 / 2
+    by_hand = 0.25 * (math.log(prior / 0.26) + math.log(prior / 1.01)) + math.log(100 / 0.5) + 10
+    assert sharpness.sharpness_mag_bound(float(d @ d), w, 0.5, 0.1, 100) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_frozen_output_maps_no_longer_inflate_the_magnitude_bound():
+    # crate-fix's output maps keep their initial values: the old (w − w⁰) denominator counted each of their
+    # coordinates as log(σ′²w_i²/ε²)/4 too large; the bound must now equal the formula with w in the denominator.
+    model, init, x, y = tiny_crate("crate-fix", steps=5)
+    ctx = make_ctx(model, init, x, y, magnitude_eps=1e-3)
+    ctx.cache[pacbayes.MAG_SIGMA_KEY] = 0.2
+    w, w0 = _vectors(model, init)
+    frozen = w == w0
+    assert frozen.sum() > 100                      # the output maps
+    d = w - w0
+    prior = 1e-6 + (0.04 + 1) * (d @ d) / w.size
+    expected = 0.25 * np.log(prior / (1e-6 + 0.04 * w ** 2)).sum() + math.log(100 / 0.2) + 10
+    old = 0.25 * np.log(prior / (1e-6 + 0.04 * d ** 2)).sum() + math.log(100 / 0.2) + 10
+    value = available("pacbayes-mag-init")[0](ctx)
+    assert value == pytest.approx(expected, rel=1e-9)
+    assert old - value > 1000                      # what the frozen coordinates added before
 
 
 # ---------------------------------------------------------------------------------------------------------
