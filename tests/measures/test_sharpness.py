@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.reference import sigma_search_sequential
+from benchmark.reference import alpha_search_sequential, sigma_search_sequential
 from measures import pacbayes, sharpness
 from measures.context import MeasureContext, MeasureOptions
 from measures.registry import available
@@ -349,3 +349,11 @@ def test_measures_are_deterministic_order_independent_and_leave_the_model_unchan
     assert first == second
     assert all(math.isfinite(v) for v in first.values())
     assert not model.training
+
+
+@pytest.mark.parametrize("magnitude_eps", [None, 1e-5])
+def test_alpha_search_matches_the_sequential_reference(trained, magnitude_eps):
+    # the fast search abandons an ascent once its drop exceeds target + tolerance; the reference never does
+    model, _, x, y = trained
+    kwargs = dict(seed=5, search_steps=8, ascent_steps=3, magnitude_eps=magnitude_eps)
+    assert sharpness.alpha_search(model, x, y, **kwargs) == alpha_search_sequential(model, x, y, **kwargs)
