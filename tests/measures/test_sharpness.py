@@ -251,7 +251,7 @@ def test_alpha_search_stops_early_only_on_a_certain_decision(trained):
 # Adaptive sharpness
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_adaptive_sharpness_is_zero_at_zero_radius_and_worst_exceeds_average(trained, norm):
+def test_adaptive_sharpness_is_zero_at_zero_radius_positive_beyond_and_linf_worst_exceeds_average(trained, norm):
     model, _, x, y = trained
     kw = dict(batch_size=32, norm=norm)
     assert sharpness.adaptive_sharpness_avg(model, x, y, rho=0.0, draws=3, seed=0, **kw) == pytest.approx(0, abs=1e-7)
