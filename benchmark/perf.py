@@ -86,24 +86,36 @@ def perf_srr(quick: bool) -> list[dict]:
     return rows
 
 
-def perf_sigma_search(quick: bool) -> dict | None:
-    try:
-        from benchmark.reference import sigma_search_sequential
-        from measures.pacbayes import sigma_search
-    except ImportError as err:
-        return {"task": "pac-bayes sigma search", "reference_s": float("nan"), "fast_s": float("nan"),
-                "agree": False, "detail": f"not available: {err}"}
+def perf_searches(quick: bool) -> list[dict]:
+    """The σ′ and worst-case α′ searches on one trained digits CRATE, each against its textbook reference
+    (``benchmark.reference``: a deep copy perturbed in place, every draw / ascent step evaluated); agree = the
+    same σ′ / α′ (the fast searches only skip work whose outcome cannot change a bisection decision)."""
+    from benchmark.reference import alpha_search_sequential, sigma_search_sequential
+    from measures.pacbayes import sigma_search
+    from measures.sharpness import alpha_search
     data = load_dataset("digits", n_train=600)
     torch.manual_seed(0)
     model = build_model("crate", image_size=8, patch_size=4, channels=1, num_classes=10, dim=32, depth=3, heads=4)
     train_model(model, data, TrainConfig(lr=4e-3, batch_size=64, max_epochs=5 if quick else 30))
     x, y = data.x_train[:128 if quick else 512], data.y_train[:128 if quick else 512]
-    steps, draws = (5, 4) if quick else (15, 10)
+    steps, draws, ascent = (5, 4, 3) if quick else (15, 10, 10)
+    rows = []
     ref_s, ref = _timed(lambda: sigma_search_sequential(model, x, y, search_steps=steps, mc_samples=draws, seed=0))
     fast_s, fast = _timed(lambda: sigma_search(model, x, y, search_steps=steps, mc_samples=draws, seed=0))
-    return {"task": f"pac-bayes sigma search ({steps} bisection steps x {draws} draws, {len(x)} samples)",
-            "reference_s": ref_s, "fast_s": fast_s, "agree": bool(abs(ref - fast) <= 1e-6 * max(1.0, abs(ref))),
-            "detail": f"Monte-Carlo parameter sets in one stacked forward vs one draw at a time (sigma' {fast:.4g} vs {ref:.4g})"}
+    rows.append({"task": f"pac-bayes sigma search ({steps} bisection steps x {draws} draws, {len(x)} samples)",
+                 "reference_s": ref_s, "fast_s": fast_s, "agree": bool(abs(ref - fast) <= 1e-6 * max(1.0, abs(ref))),
+                 "detail": f"Monte-Carlo parameter sets in one stacked forward, early decisions vs one draw at a "
+                           f"time (sigma' {fast:.4g} vs {ref:.4g})"})
+    for label, eps in (("plain", None), ("magnitude-aware", 1e-5)):
+        kw = dict(search_steps=steps, ascent_steps=ascent, seed=0, magnitude_eps=eps)
+        ref_s, ref = _timed(lambda: alpha_search_sequential(model, x, y, **kw))
+        fast_s, fast = _timed(lambda: alpha_search(model, x, y, **kw))
+        rows.append({"task": f"sharpness alpha search, {label} box ({steps} bisection steps x {ascent} ascent "
+                             f"steps, {len(x)} samples)",
+                     "reference_s": ref_s, "fast_s": fast_s, "agree": bool(ref == fast),
+                     "detail": f"ascent abandoned once its drop exceeds target + tolerance vs every ascent step "
+                               f"on a deep copy (alpha' {fast:.4g} vs {ref:.4g})"})
+    return rows
 
 
 def perf_ensemble_training(quick: bool) -> list[dict]:
@@ -194,7 +206,7 @@ def run_perf(out: Path, quick: bool = False, log=print) -> pd.DataFrame:
     torch.set_num_threads(1)   # as the zoo and measures stages run: one torch thread per worker process
     keep_freed_memory()        # as they do too; it speeds the reference and the fast paths alike
     try:
-        rows = [*perf_ensemble_training(quick), *perf_srr(quick), perf_sigma_search(quick)]
+        rows = [*perf_ensemble_training(quick), *perf_srr(quick), *perf_searches(quick)]
         training = pd.DataFrame(training_gflops(quick))
     finally:
         torch.set_num_threads(threads)

@@ -6,6 +6,9 @@ forward pass, no early stopping. It follows the same bisection rule and regenera
 stream design in the ``measures.pacbayes`` docstring), so with the same ``seed`` both return the same σ′; the only
 possible difference is an argmax tie broken differently by the batched kernels, which moves the drop by 1/(S·M).
 
+``alpha_search_sequential`` is the textbook worst-case α′ search that ``measures.sharpness.alpha_search`` replaces
+(every ascent step of every bisection step, on a deep copy); both return the same α′.
+
 Example (the σ′ behind ``pacbayes-*`` for a context ``ctx``)::
 
     from measures.pacbayes import SIGMA_SALT, sigma_search
@@ -16,6 +19,7 @@ Example (the σ′ behind ``pacbayes-*`` for a context ``ctx``)::
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -64,4 +68,59 @@ def sigma_search_sequential(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                 hi = sigma
             else:
                 lo = sigma
+    return (lo + hi) / 2
+
+
+def alpha_search_sequential(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
+                            target_drop: float = 0.1, search_steps: int = 15, search_tolerance: float = 0.01,
+                            ascent_steps: int = 10, magnitude_eps: float | None = None) -> float:
+    """α′ (worst-case box half-width) by the textbook search that ``measures.sharpness.alpha_search`` replaces.
+
+    A deep copy of ``model`` whose parameters are overwritten in place; at every bisection step the whole ascent
+    runs (a uniform start in the box |u| ≤ r, then ``ascent_steps`` projected sign-gradient steps of r/4 on the
+    mean cross-entropy, the drop being the largest accuracy drop over all iterates), with no early abandon. The
+    same start directions (``torch.Generator().manual_seed(seed)``, U[−1, 1] parameter by parameter) and the same
+    bisection rule as the fast search, so both return the same α′: the fast one only stops an ascent once its
+    drop already exceeds target + tolerance, which cannot change a decision.
+    """
+    work = copy.deepcopy(model).eval()
+    originals = {name: p.detach().clone() for name, p in work.named_parameters()}
+    g = torch.Generator().manual_seed(seed)
+    start = {name: (2 * torch.rand(w.shape, generator=g, dtype=w.dtype) - 1).to(w.device)
+             for name, w in originals.items()}
+    n = len(x)
+    with torch.no_grad():
+        clean = int((work(x).argmax(-1) == y).sum())
+
+    def worst_drop(alpha: float) -> float:
+        radius = {name: torch.full_like(w, alpha) if magnitude_eps is None else alpha * w.abs() + magnitude_eps
+                  for name, w in originals.items()}
+        u = {name: radius[name] * start[name] for name in originals}
+        worst = -math.inf
+        for step in range(ascent_steps + 1):
+            with torch.no_grad():
+                for name, p in work.named_parameters():
+                    p.copy_(originals[name] + u[name])
+            params = [p for _, p in work.named_parameters()]
+            for p in params:
+                p.requires_grad_(True)
+            logits = work(x)
+            worst = max(worst, (clean - int((logits.argmax(-1) == y).sum())) / n)
+            if step == ascent_steps:
+                break
+            grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y), params)
+            u = {name: torch.clamp(u[name] + radius[name] / 4 * gr.sign(), -radius[name], radius[name])
+                 for name, gr in zip(originals, grads)}
+        return worst
+
+    lo, hi = 0.0, 2.0
+    for _ in range(search_steps):
+        alpha = (lo + hi) / 2
+        drop = worst_drop(alpha)
+        if abs(drop - target_drop) < search_tolerance:
+            return alpha
+        if drop > target_drop:
+            hi = alpha
+        else:
+            lo = alpha
     return (lo + hi) / 2

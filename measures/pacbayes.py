@@ -28,13 +28,14 @@ Bounds (σ′ from the plain search for the first three, from the magnitude-awar
 - pacbayes-init      ‖w − w⁰‖²/(4σ′²) + log(m/σ′) + 10
 - pacbayes-orig      ‖w‖²/(4σ′²) + log(m/σ′) + 10
 - pacbayes-flatness  1/σ′²
-- pacbayes-mag-init  ¼ Σ_i log[(ε² + (σ′² + 1)‖w − w⁰‖²/ω) / (ε² + σ′²(w_i − w⁰_i)²)] + log(m/σ′) + 10
+- pacbayes-mag-init  ¼ Σ_i log[(ε² + (σ′² + 1)‖w − w⁰‖²/ω) / (ε² + σ′² w_i²)] + log(m/σ′) + 10
 - pacbayes-mag-orig  ¼ Σ_i log[(ε² + (σ′² + 1)‖w‖²/ω) / (ε² + σ′² w_i²)] + log(m/σ′) + 10
 - pacbayes-mag-flatness  1/σ′²
-The mag-orig denominator uses w_i, not the port's (w_i − w⁰_i): with the prior N(0, σ_P²I) centred at the
-origin and the posterior N(w, diag(σ′²w_i² + ε²)) whose noise we actually measure, the KL at the optimal σ_P²
-is ½ Σ_i log[(ε² + (σ′² + 1)‖w‖²/ω)/(ε² + σ′²w_i²)], so w_i is the consistent choice; mag-init keeps the
-published (w_i − w⁰_i) of eq. 56.
+Both magnitude-aware denominators use w_i, not the port's (w_i − w⁰_i): the posterior whose noise the search
+measures is N(w, diag(σ′²w_i² + ε²)), and the KL term of coordinate i is ½ log(prior variance / that variance), so
+the denominator must be that variance, ε² + σ′²w_i². With (w_i − w⁰_i) a coordinate that never moved (every
+weight of crate-fix's frozen output maps) counted as if its noise had variance ε² only, inflating the bound by
+log(σ′²w_i²/ε²)/4 per such coordinate (thousands in total). The numerators keep eq. 56/57's prior variances.
 """
 from __future__ import annotations
 
@@ -251,11 +252,12 @@ def pacbayes_bound(norm_sq: float, scale: float, m: int) -> float:
     return norm_sq / (4 * scale ** 2) + math.log(m / scale) + 10
 
 
-def pacbayes_mag_bound(norm_sq: float, denom_w: torch.Tensor, sigma: float, eps: float, m: int) -> float:
-    """Eqs. 56/57: ¼ Σ_i log[(ε² + (σ² + 1)‖·‖²/ω)/(ε² + σ² v_i²)] + log(m/σ) + 10, v = ``denom_w``."""
-    omega = denom_w.numel()
+def pacbayes_mag_bound(norm_sq: float, w: torch.Tensor, sigma: float, eps: float, m: int) -> float:
+    """Eqs. 56/57: ¼ Σ_i log[(ε² + (σ² + 1)‖·‖²/ω)/(ε² + σ² w_i²)] + log(m/σ) + 10 (denominator: the noise's
+    variance at coordinate i; ``norm_sq`` is ‖w − w⁰‖² or ‖w‖²)."""
+    omega = w.numel()
     numerator = eps ** 2 + (sigma ** 2 + 1) * norm_sq / omega
-    denominator = eps ** 2 + sigma ** 2 * denom_w.double() ** 2
+    denominator = eps ** 2 + sigma ** 2 * w.double() ** 2
     return 0.25 * float(torch.log(numerator / denominator).sum()) + math.log(m / sigma) + 10
 
 
@@ -284,12 +286,11 @@ def pacbayes_flatness(ctx) -> float:
     return 1.0 / sigma_prime(ctx) ** 2
 
 
-@register_measure("pacbayes-mag-init", family="pac-bayes", needs_data=True)
+@register_measure("pacbayes-mag-init", family="pac-bayes", needs_data=True, version=2)
 def pacbayes_mag_init(ctx) -> float:
-    """Magnitude-aware PAC-Bayes bound around w⁰ (eq. 56), noise N(0, σ′²w² + ε²)."""
+    """Magnitude-aware PAC-Bayes bound around w⁰ (eq. 56, denominator ε² + σ′²w_i², the noise's variance)."""
     w, w0 = weights_and_init(ctx)
-    d = w - w0
-    return pacbayes_mag_bound(float((d ** 2).sum()), d, mag_sigma_prime(ctx), ctx.options.magnitude_eps,
+    return pacbayes_mag_bound(float(((w - w0) ** 2).sum()), w, mag_sigma_prime(ctx), ctx.options.magnitude_eps,
                               ctx.n_train)
 
 

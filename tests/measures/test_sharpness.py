@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.reference import sigma_search_sequential
+from benchmark.reference import alpha_search_sequential, sigma_search_sequential
 from measures import pacbayes, sharpness
 from measures.context import MeasureContext, MeasureOptions
 from measures.registry import available
@@ -165,18 +165,49 @@ def test_bounds_equal_their_formulas(trained):
         "pacbayes-init": (d @ d) / (4 * s ** 2) + math.log(m / s) + 10,
         "pacbayes-orig": (w @ w) / (4 * s ** 2) + math.log(m / s) + 10,
         "pacbayes-flatness": 1 / s ** 2,
-        "pacbayes-mag-init": mag(d @ d, d, sm, 1) + math.log(m / sm) + 10,
+        "pacbayes-mag-init": mag(d @ d, w, sm, 1) + math.log(m / sm) + 10,
         "pacbayes-mag-orig": mag(w @ w, w, sm, 1) + math.log(m / sm) + 10,
         "pacbayes-mag-flatness": 1 / sm ** 2,
         "sharpness-init": (d @ d) * math.log(2 * omega) / (4 * a ** 2) + math.log(m / a) + 10,
         "sharpness-orig": (w @ w) * math.log(2 * omega) / (4 * a ** 2) + math.log(m / a) + 10,
         "sharpness-flatness": 1 / a ** 2,
-        "sharpness-mag-init": mag(d @ d, d, am, 4 * math.log(2 * omega)) + math.log(m / am) + 10,
+        "sharpness-mag-init": mag(d @ d, w, am, 4 * math.log(2 * omega)) + math.log(m / am) + 10,
         "sharpness-mag-orig": mag(w @ w, w, am, 4 * math.log(2 * omega)) + math.log(m / am) + 10,
         "sharpness-mag-flatness": 1 / am ** 2,
     }
     for measure in available("pacbayes-*") + available("sharpness-*"):
         assert measure(ctx) == pytest.approx(expected[measure.name], rel=1e-9), measure.name
+
+
+def test_magnitude_bound_denominators_are_the_noise_variance_also_where_w_equals_w0():
+    # w = (1, 2), w⁰ = (1, 0): the first weight never moved (a frozen crate-fix map). σ = 0.5, ε = 0.1, m = 100.
+    # The noise of coordinate i has variance σ²w_i² + ε² = (0.26, 1.01), so the denominators are those, whatever w⁰:
+    # pacbayes-mag-init = ¼[log((0.01 + 1.25·4/2)/0.26) + log(2.51/1.01)] + log(200) + 10.
+    w, d = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 2.0])
+    by_hand = 0.25 * (math.log(2.51 / 0.26) + math.log(2.51 / 1.01)) + math.log(100 / 0.5) + 10
+    assert pacbayes.pacbayes_mag_bound(float(d @ d), w, 0.5, 0.1, 100) == pytest.approx(by_hand, rel=1e-12)
+    # the sharpness twin: prior variance ε² + (α² + 4 log 2ω)‖w − w⁰‖²/ω with ω = 2, α = 0.5
+    prior = 0.01 + (0.25 + 4 * math.log(4)) * 4 / 2
+    by_hand = 0.25 * (math.log(prior / 0.26) + math.log(prior / 1.01)) + math.log(100 / 0.5) + 10
+    assert sharpness.sharpness_mag_bound(float(d @ d), w, 0.5, 0.1, 100) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_frozen_output_maps_no_longer_inflate_the_magnitude_bound():
+    # crate-fix's output maps keep their initial values: the old (w − w⁰) denominator counted each of their
+    # coordinates as log(σ′²w_i²/ε²)/4 too large; the bound must now equal the formula with w in the denominator.
+    model, init, x, y = tiny_crate("crate-fix", steps=5)
+    ctx = make_ctx(model, init, x, y, magnitude_eps=1e-3)
+    ctx.cache[pacbayes.MAG_SIGMA_KEY] = 0.2
+    w, w0 = _vectors(model, init)
+    frozen = w == w0
+    assert frozen.sum() > 100                      # the output maps
+    d = w - w0
+    prior = 1e-6 + (0.04 + 1) * (d @ d) / w.size
+    expected = 0.25 * np.log(prior / (1e-6 + 0.04 * w ** 2)).sum() + math.log(100 / 0.2) + 10
+    old = 0.25 * np.log(prior / (1e-6 + 0.04 * d ** 2)).sum() + math.log(100 / 0.2) + 10
+    value = available("pacbayes-mag-init")[0](ctx)
+    assert value == pytest.approx(expected, rel=1e-9)
+    assert old - value > 1000                      # what the frozen coordinates added before
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -220,14 +251,69 @@ def test_alpha_search_stops_early_only_on_a_certain_decision(trained):
 # Adaptive sharpness
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_adaptive_sharpness_is_zero_at_zero_radius_and_worst_exceeds_average(trained, norm):
+def test_adaptive_sharpness_is_zero_at_zero_radius_positive_beyond_and_linf_worst_exceeds_average(trained, norm):
     model, _, x, y = trained
     kw = dict(batch_size=32, norm=norm)
     assert sharpness.adaptive_sharpness_avg(model, x, y, rho=0.0, draws=3, seed=0, **kw) == pytest.approx(0, abs=1e-7)
     assert sharpness.adaptive_sharpness_worst(model, x, y, rho=0.0, steps=3, **kw) == pytest.approx(0, abs=1e-7)
     avg = sharpness.adaptive_sharpness_avg(model, x, y, rho=0.5, draws=3, seed=0, **kw)
     worst = sharpness.adaptive_sharpness_worst(model, x, y, rho=0.5, steps=5, **kw)
-    assert worst > avg and worst > 0
+    assert worst > 0 and avg > 0
+    if norm == "linf":   # every ℓ∞ draw lies inside the box; an ℓ2 draw (‖ξ‖₂ ≈ √ω) lies far outside the ℓ2 ball
+        assert worst > avg
+
+
+class LossStub(nn.Module):
+    """A "model" whose cross-entropy on label 0 is exactly q(w): logits (0, log(e^q − 1)) give CE = log(1 + e^q − 1)."""
+
+    def __init__(self, w: torch.Tensor, q):
+        super().__init__()
+        self.w, self.q = nn.Parameter(w), q
+
+    def forward(self, x):
+        z = torch.log(torch.expm1(self.q(self.w))).expand(len(x))
+        return torch.stack([torch.zeros_like(z), z], dim=-1)
+
+
+def _stub_data(n=8):
+    return torch.zeros(n, 1, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
+
+
+@pytest.mark.parametrize("norm, second_moment", [("l2", 1.0), ("linf", 1 / 3)])
+def test_adaptive_average_sharpness_of_a_quadratic_is_half_rho2_w2_h(norm, second_moment):
+    # L(w) = 3 + ½ Σ h_i w_i²: E[L(w + ρ|w|⊙ξ)] − L(w) = ½ Σ_i ρ² w_i² h_i E[ξ_i²] (the linear term averages out).
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(400, generator=g, dtype=torch.float64)
+    h = torch.rand(400, generator=g, dtype=torch.float64) + 0.5
+    model = LossStub(w.clone(), lambda v: 3 + 0.5 * (h * v ** 2).sum())
+    rho = 0.1
+    expected = 0.5 * rho ** 2 * float((w ** 2 * h).sum()) * second_moment     # ≈ 1.0 (ℓ2); per-coordinate noise
+    x, y = _stub_data()
+    value = sharpness.adaptive_sharpness_avg(model, x, y, rho=rho, batch_size=8, draws=4000, seed=1, norm=norm)
+    assert value == pytest.approx(expected, rel=0.05)    # Monte-Carlo std of the linear term: ~2%
+    # normalising ξ over the whole vector (version 1) would give expected/ω, 400 times smaller
+    assert value > 10 * expected / w.numel()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_adaptive_worst_sharpness_of_a_linear_loss_is_the_dual_norm(norm):
+    # L(w) = 50 + g·w: max over ‖δ⊘|w|‖ ≤ ρ of g·δ is ρ‖w⊙g‖₂ (ℓ2 ball) or ρ‖w⊙g‖₁ (ℓ∞ box).
+    gen = torch.Generator().manual_seed(0)
+    w, grad = torch.randn(50, generator=gen, dtype=torch.float64), torch.randn(50, generator=gen, dtype=torch.float64)
+    model = LossStub(w.clone(), lambda v: 50 + (grad * v).sum())
+    rho = 0.05
+    dual = (w * grad).norm(2 if norm == "l2" else 1)
+    x, y = _stub_data()
+    value = sharpness.adaptive_sharpness_worst(model, x, y, rho=rho, batch_size=8, steps=5, norm=norm)
+    assert value == pytest.approx(rho * float(dual), rel=1e-9)
+
+
+def test_adaptive_average_sharpness_is_positive_and_seed_stable_on_a_trained_model(trained):
+    model, _, x, y = trained
+    values = [sharpness.adaptive_sharpness_avg(model, x, y, rho=0.05, batch_size=32, draws=10, seed=s)
+              for s in range(3)]
+    assert min(values) > 0
+    assert max(values) < 1.5 * min(values)      # the seed moves it by Monte-Carlo noise only, not its sign
 
 
 def test_sharpness_options_are_validated_and_read_from_measure_options():
@@ -263,3 +349,11 @@ def test_measures_are_deterministic_order_independent_and_leave_the_model_unchan
     assert first == second
     assert all(math.isfinite(v) for v in first.values())
     assert not model.training
+
+
+@pytest.mark.parametrize("magnitude_eps", [None, 1e-5])
+def test_alpha_search_matches_the_sequential_reference(trained, magnitude_eps):
+    # the fast search abandons an ascent once its drop exceeds target + tolerance; the reference never does
+    model, _, x, y = trained
+    kwargs = dict(seed=5, search_steps=8, ascent_steps=3, magnitude_eps=magnitude_eps)
+    assert sharpness.alpha_search(model, x, y, **kwargs) == alpha_search_sequential(model, x, y, **kwargs)
