@@ -1,4 +1,5 @@
 """The model zoo: CRATE variants, datasets, training to a CE target, the grid, the run store and the runner."""
+from .errors import BadValueError, MissingInputError, UnknownNameError, UsageError
 from .data import DATASETS, Dataset, DatasetError, load_dataset
 from .grid import DataConfig, Profile, ProfileError, RunConfig, load_profile
 from .models import MAIN_VARIANTS, VARIANTS, CRATE, ModelConfig, build_model, count_parameters
@@ -6,7 +7,7 @@ from .runner import build_zoo, load_zoo, train_run
 from .store import RunStore, StoreError
 from .train import TrainConfig, evaluate, train_model
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "load_dataset", "DataConfig", "Profile", "ProfileError",
-           "RunConfig", "load_profile", "MAIN_VARIANTS", "VARIANTS", "CRATE", "ModelConfig",
-           "build_model", "count_parameters", "build_zoo", "load_zoo", "train_run", "RunStore", "StoreError",
-           "TrainConfig", "evaluate", "train_model"]
+__all__ = ["UsageError", "BadValueError", "MissingInputError", "UnknownNameError", "DATASETS", "Dataset",
+           "DatasetError", "load_dataset", "DataConfig", "Profile", "ProfileError", "RunConfig", "load_profile",
+           "MAIN_VARIANTS", "VARIANTS", "CRATE", "ModelConfig", "build_model", "count_parameters", "build_zoo",
+           "load_zoo", "train_run", "RunStore", "StoreError", "TrainConfig", "evaluate", "train_model"]

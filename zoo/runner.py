@@ -24,6 +24,7 @@ import torch
 from .allocator import keep_freed_memory
 from .data import load_dataset
 from .ensemble import STATE_FORMAT, ensemble_key, train_ensemble
+from .errors import BadValueError, MissingInputError
 from .grid import DataConfig, Profile, RunConfig
 from .models import CRATE
 from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, save_checkpoint
@@ -183,7 +184,7 @@ def build_zoo(profile: Profile, out: str | Path, *, workers: int = 1, scheduler:
     models are the same bit for bit whatever the grouping."""
     resolve_device(device)  # an unusable device is an error before anything is written
     if not isinstance(ensemble_size, int) or ensemble_size < 1:
-        raise ValueError(f"ensemble size must be a positive integer, got {ensemble_size!r}")
+        raise BadValueError(f"ensemble size must be a positive integer, got {ensemble_size!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "profile.toml", profile.source or "")
@@ -301,5 +302,5 @@ def load_zoo(path: str | Path) -> pd.DataFrame:
     """The zoo's models.csv as a DataFrame, one row per run."""
     csv_path = Path(path) / "models.csv"
     if not csv_path.exists():
-        raise FileNotFoundError(f"{csv_path} not found: build the zoo first (srrbench zoo --out {path})")
+        raise MissingInputError(f"{csv_path} not found: build the zoo first (srrbench zoo --out {path})")
     return pd.read_csv(csv_path)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UsageError
 from .grid import RunConfig
 
 try:
@@ -37,8 +38,8 @@ except ImportError:  # Windows
 SET_ASIDE = ".corrupt-"  # run directories renamed <id>.corrupt-<time> were found untrustworthy and left for inspection
 
 
-class StoreError(RuntimeError):
-    """A file in the store is corrupt, foreign or inconsistent; the message names it."""
+class StoreError(UsageError, RuntimeError):
+    """A file in the store is corrupt, foreign or inconsistent; the message names it (the user's data, not a bug)."""
 
 
 _UMASK = os.umask(0o022)
