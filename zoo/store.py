@@ -1,6 +1,5 @@
 """The run store: one directory per run, named by the hash of its config, written atomically.
 
-    OUT/runs/.lock-guard               flock'ed while a run's lock is taken over or released (see RunLock)
     OUT/runs/<run_id>/config.json      canonical config (its hash must equal the directory name)
                       metrics.json     written last: its presence means the run is finished
                       log.csv          one row per epoch
@@ -155,15 +154,14 @@ class RunLock:
     host, at once when the holder's PID is dead; a live holder, which keeps renewing, is never taken over.
 
     The owner line is written to a private file first and hard-linked into place, so a lock appears whole or not at
-    all, even when its process is killed while taking it. Taking over a stale lock and releasing one are serialised
-    by ``flock`` on a guard file (one per store; released by the kernel when its holder dies): two processes that find the same
-    stale lock cannot both remove it, the second removing the first's fresh lock, and a holder whose lease expired
-    (``lost``) never removes the lock of the process that took over.
+    all, even when its process is killed while taking it. Taking over a stale lock, and releasing one not renewed
+    for half a lease, are serialised by ``flock`` on a guard file (released by the kernel when its holder dies):
+    two processes that find the same stale lock cannot both remove it, the second removing the first's fresh lock,
+    and a holder whose lease expired (``lost``) never removes the lock of the process that took over.
     """
 
-    def __init__(self, path: Path, lease: float | None = None, guard: Path | None = None):
+    def __init__(self, path: Path, lease: float | None = None):
         self.path = path
-        self.guard = guard or path.with_name(path.name + ".guard")
         self.lease = lock_lease() if lease is None else float(lease)
         self.held = False
         self.lost = False   # set by the heartbeat when the lock file is no longer ours (taken over after expiry)
@@ -198,6 +196,7 @@ class RunLock:
 
     def _hold(self, owner: str) -> None:
         self.held, self.lost, self._owner = True, False, owner
+        self._renewed = time.monotonic()
         self._stop.clear()
         self._beat = threading.Thread(target=self._heartbeat, name=f"lease {self.path}", daemon=True)
         self._beat.start()
@@ -213,6 +212,7 @@ class RunLock:
             if self.path.read_text() != self._owner:
                 raise FileNotFoundError
             os.utime(self.path)
+            self._renewed = time.monotonic()
             return True
         except OSError:  # removed, replaced by another holder's lock, or its directory set aside
             self.lost = True
@@ -232,7 +232,7 @@ class RunLock:
         if fcntl is None:  # no flock (Windows): takeovers and releases are not serialised
             yield
             return
-        with open(self.guard, "a") as guard:
+        with open(self.path.with_name(self.path.name + ".guard"), "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
             yield
 
@@ -281,7 +281,10 @@ class RunLock:
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join()
         self._beat = None
-        with self._guarded():
+        # renewed within half a lease: no other process can judge the lock stale now, so no takeover can race
+        # this removal; a holder paused longer removes it only under the guard, and only if it is still its own
+        recent = time.monotonic() - self._renewed < self.lease / 2
+        with contextlib.nullcontext() if recent else self._guarded():
             try:
                 ours = self.path.read_text() == self._owner
             except FileNotFoundError:
@@ -313,7 +316,7 @@ class RunStore:
         return self.run_dir(run_id) / "ckpt" / f"{name}.pt"
 
     def lock(self, run_id: str) -> RunLock:
-        return RunLock(self.run_dir(run_id) / ".lock", guard=self.runs_dir / ".lock-guard")
+        return RunLock(self.run_dir(run_id) / ".lock")
 
     # --- config -------------------------------------------------------------------------------------
     def prepare(self, cfg: RunConfig) -> str:
