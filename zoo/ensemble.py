@@ -245,10 +245,10 @@ def train_ensemble(models: list[CRATE], names: list[str], train_cfgs: list[Train
     steps_per_epoch = math.ceil(n / bs)
     warmup, total = base.warmup_epochs * steps_per_epoch, base.max_epochs * steps_per_epoch
     results: list[dict | None] = [None] * len(members)
+    active = list(range(len(members)))   # member index of each row of the stack
 
     def kept_epoch(m: Member) -> bool:   # an epoch whose weights are saved: its log.csv row is complete
         return m.epoch >= base.max_epochs or m.epoch in m.train_cfg.checkpoint_epochs
-    active = list(range(len(members)))   # member index of each row of the stack
 
     def finish(row_members: list[int]) -> None:
         for row, e in enumerate(active):
