@@ -1,15 +1,25 @@
 """``srrbench``: the command line. Each subcommand is a thin wrapper over a library function.
 
-User mistakes (a bad profile key, a missing data file, an unknown measure) end in one line on stderr and exit
-code 2; ``--debug`` shows the traceback instead.
+Exit codes: 0 success; 1 a finished command found problems (runs that failed, ``check`` problems); 2 the user's
+input is bad (a ``zoo.errors.UsageError``: a bad profile key, a missing data file, an unknown measure), reported in
+one line on stderr; 3 an internal error (any other exception: a bug), reported in one line that points at
+``--debug``; 130 interrupted. ``--debug`` shows the traceback instead of the one line.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-EPILOG = """examples:
+from zoo.errors import BadValueError
+
+EXIT_USAGE = 2      # the user's input is bad (one line on stderr)
+EXIT_INTERNAL = 3   # a bug: any exception that is not a UsageError
+
+EPILOG = """exit codes: 0 ok, 1 failed runs or check problems, 2 bad input, 3 internal error (a bug; see --debug)
+
+examples:
   srrbench run --profile default                 zoo -> measures -> analysis -> report on digits
   srrbench zoo --profile smoke --out out/smoke --workers 2
   srrbench measures --zoo out/smoke --names 'srr*' path-norm
@@ -123,16 +133,15 @@ EXPERIMENT_NAMES = ("ascent", "layerwise", "regularize", "variants", "sensitivit
 
 
 def _workers(args) -> int:
-    import os
     if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        raise BadValueError(f"--workers must be >= 1, got {args.workers}")
     return args.workers or (os.cpu_count() or 1)
 
 
 def _ensemble_size(args) -> int:
     from zoo.runner import ENSEMBLE_SIZE
     if args.ensemble_size is not None and args.ensemble_size < 1:
-        raise ValueError(f"--ensemble-size must be >= 1, got {args.ensemble_size}")
+        raise BadValueError(f"--ensemble-size must be >= 1, got {args.ensemble_size}")
     return args.ensemble_size or ENSEMBLE_SIZE
 
 
@@ -148,12 +157,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from . import pipeline
         if isinstance(err, pipeline.USER_ERRORS):
-            message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-            print(f"srrbench: error: {message}", file=sys.stderr)
-            return 2
-        print(f"srrbench: internal error: {err.__class__.__name__}: {err} (rerun with --debug for the "
-              f"traceback)", file=sys.stderr)
-        return 1
+            print(f"srrbench: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        # not the user's input: a bug, whatever its type (a KeyError or ValueError from our code included)
+        where = err.__traceback__
+        while where.tb_next is not None:
+            where = where.tb_next
+        frame = where.tb_frame.f_code
+        message = next(iter(str(err).splitlines()), "")
+        print(f"srrbench: internal error (a bug, not your input): {err.__class__.__name__}: {message} in "
+              f"{frame.co_name} ({Path(frame.co_filename).name}:{where.tb_lineno}); rerun with --debug for the "
+              f"traceback", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def _dispatch(args) -> int:

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo import DatasetError, StoreError, build_zoo
+from zoo import MissingInputError, UnknownNameError, UsageError, build_zoo
 from zoo.runner import ENSEMBLE_SIZE, dataset_shape
 from zoo.store import atomic_write_text
 
-from .profiles import AnalysisSettings, Profile, ProfileError, builtin_profiles, resolve_profile
+from .profiles import AnalysisSettings, Profile, builtin_profiles, resolve_profile
 
-# errors caused by the user's input: reported in one line with exit code 2
-USER_ERRORS = (ProfileError, DatasetError, StoreError, KeyError, FileNotFoundError, ValueError)
+# Errors that mean the user's input is bad (ProfileError among them): the CLI reports them in one line with exit
+# code 2. Everything else is a bug.
+USER_ERRORS = (UsageError,)
 
 
 def profiles_table() -> pd.DataFrame:
@@ -55,10 +56,28 @@ def measure_settings(profile) -> tuple[list[str] | None, dict]:
     return ([names] if isinstance(names, str) else names), settings
 
 
+def require_files(zoo_dir: Path, files: dict[str, str]) -> None:
+    """Each ``name -> hint`` of ``files`` must exist in ``zoo_dir``; else MissingInputError naming it and the hint."""
+    for name, hint in files.items():
+        if not (zoo_dir / name).exists():
+            raise MissingInputError(f"{zoo_dir / name} not found: {hint}")
+
+
+def check_measure_names(names: list[str] | None) -> None:
+    """Names and patterns the user gave must match registered measures (UnknownNameError listing them)."""
+    from measures import resolve_names
+    try:
+        resolve_names(names)
+    except KeyError as err:   # the registry's only KeyError: a name or pattern that matches no measure
+        raise UnknownNameError(err.args[0] if err.args else str(err)) from None
+
+
 def measures_stage(zoo_dir: Path, names=None, workers: int = 1, data_dir: str | None = None,
                    progress: bool = True, log=print) -> pd.DataFrame:
     from measures import compute_zoo
     from measures.layerwise import layerwise_zoo
+    check_measure_names(names)
+    require_files(zoo_dir, {"models.csv": f"build the zoo first (srrbench zoo --out {zoo_dir})"})
     profile_names, settings = measure_settings(_profile_of(zoo_dir))
     names = names or profile_names
     table = compute_zoo(zoo_dir, names, options=settings, workers=workers, data_dir=data_dir, progress=progress,
@@ -70,6 +89,8 @@ def measures_stage(zoo_dir: Path, names=None, workers: int = 1, data_dir: str | 
 def analysis_stage(zoo_dir: Path, gap: str | None = None, include_unreached: bool = False,
                    n_boot: int | None = None, log=print) -> dict:
     from analysis import analyze_zoo
+    require_files(zoo_dir, {"models.csv": f"build the zoo first (srrbench zoo --out {zoo_dir})",
+                            "measures.csv": f"compute the measures first (srrbench measures --zoo {zoo_dir})"})
     profile = _profile_of(zoo_dir)
     settings = profile.analysis if profile else AnalysisSettings()
     return analyze_zoo(zoo_dir, gap=gap or settings.gap, include_unreached=include_unreached or settings.include_unreached,

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
 
 # Per-channel (mean, std) of the training pixels scaled to [0, 1]. Fixed constants rather than statistics of
@@ -41,7 +43,7 @@ NORMALISATION = {
 _NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashion-mnist": 10}
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError, ValueError):
     """A dataset that cannot be loaded: unknown name, missing or malformed file, impossible subset."""
 
 

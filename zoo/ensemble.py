@@ -11,6 +11,15 @@ learning rates as columns.
 Why it is faster: these models are so small that a training step costs mostly per-operation overhead (Python,
 dispatch, an optimizer loop over ~20 tensors); a stacked step pays it once for E models.
 
+What is evaluated after an epoch: the stopping rule reads the training set's mean CE, but it needs the full pass
+only when a cheap bound cannot decide. The CE of the first ``PROBE_IMAGES`` training images, summed and divided by
+n, is a lower bound (every image's CE is >= 0); when it is above the target (by a 1% safety margin) the run goes
+on, exactly as the full pass would say, and that epoch's log.csv row has no train CE (NaN). The test set is
+evaluated only at epochs whose weights are kept (checkpoint epochs and the last), where train and test columns are
+both complete; elsewhere test columns are NaN. So the stopping epoch, the weights and the final metrics are those
+of a full evaluation every epoch, bit for bit (tested). A non-finite test CE ends a run as diverged where it is
+evaluated (weights are checked for NaN/inf every epoch).
+
 What equals what (tested): a member's weights do not depend on which runs share its group or where it sits in it,
 bit for bit on the CPU, so a resumed build with other group members gives the same models. Against ``train_model``
 the forward pass and the dropout masks are bit-identical, but batched gradient reductions sum in another order, so
@@ -162,6 +171,41 @@ def evaluate_members(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.T
     return [(loss / len(x), hits / len(x)) for loss, hits in zip(loss_sum, correct)]
 
 
+# The full training-set CE is computed only when a bound cannot decide the stop: CE is >= 0 per image, so
+# (sum of CE over the first PROBE_IMAGES) / n is a lower bound of the mean over all n, and a bound above the target
+# proves the run goes on. BOUND_SAFETY keeps a decision off the boundary by far more than the float32 rounding of
+# the logits can move it (the probe computes them in a smaller batch). Epochs decided this way record no train CE.
+PROBE_IMAGES = 128
+BOUND_SAFETY = 1.01
+NOT_EVALUATED = (float("nan"), float("nan"))   # (loss, accuracy) in log.csv where a set was not evaluated
+
+
+def member_rows(params: dict, rows: list[int]) -> dict:
+    """The stacked parameters of the members at ``rows`` only (all of them: the same tensors, uncopied)."""
+    if rows == list(range(params["head.weight"].shape[0])):
+        return params
+    index = torch.tensor(rows, device=params["head.weight"].device)
+    return {name: value.detach()[index] for name, value in params.items()}
+
+
+def evaluate_train_set(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                       target_ce: float, full: list[bool]) -> list[tuple[float, float] | None]:
+    """Per member, ``evaluate_members``'s (train CE, accuracy), or None where the CE is proved above
+    ``target_ce`` by the lower bound on the first ``PROBE_IMAGES`` images; ``full[e]`` forces the full pass.
+    A non-finite bound is never trusted: that member gets the full pass (and its non-finite CE)."""
+    rows = list(range(len(full)))
+    if len(x) > PROBE_IMAGES:
+        probe = evaluate_members(cfg, params, x[:PROBE_IMAGES], y[:PROBE_IMAGES], batch_size)
+        bounds = [loss * PROBE_IMAGES / len(x) for loss, _ in probe]
+        rows = [row for row in rows if full[row] or not (math.isfinite(bounds[row])
+                                                         and bounds[row] > target_ce * BOUND_SAFETY)]
+    out: list[tuple[float, float] | None] = [None] * len(full)
+    if rows:
+        for row, result in zip(rows, evaluate_members(cfg, member_rows(params, rows), x, y, batch_size)):
+            out[row] = result
+    return out
+
+
 def train_ensemble(models: list[CRATE], names: list[str], train_cfgs: list[TrainConfig], data: Dataset, *,
                    resume: list[dict | None] | None = None,
                    on_epoch: Callable[[int, int, Callable[[], dict], dict], None] | None = None,
@@ -202,6 +246,9 @@ def train_ensemble(models: list[CRATE], names: list[str], train_cfgs: list[Train
     warmup, total = base.warmup_epochs * steps_per_epoch, base.max_epochs * steps_per_epoch
     results: list[dict | None] = [None] * len(members)
     active = list(range(len(members)))   # member index of each row of the stack
+
+    def kept_epoch(m: Member) -> bool:   # an epoch whose weights are saved: its log.csv row is complete
+        return m.epoch >= base.max_epochs or m.epoch in m.train_cfg.checkpoint_epochs
 
     def finish(row_members: list[int]) -> None:
         for row, e in enumerate(active):
@@ -265,8 +312,17 @@ def train_ensemble(models: list[CRATE], names: list[str], train_cfgs: list[Train
             if not finite_rows[row]:
                 m.status, m.diverged_at = "diverged", m.epoch
         start = time.perf_counter()
-        train_eval = evaluate_members(model_cfg, stack.params, x_train, y_train, base.eval_batch_size)
-        test_eval = evaluate_members(model_cfg, stack.params, x_test, y_test, base.eval_batch_size)
+        # the training set is evaluated in full only where it may decide the stop (see evaluate_train_set) and at
+        # the epochs that are kept (checkpoints, the last); the test set only at those
+        train_eval = evaluate_train_set(model_cfg, stack.params, x_train, y_train, base.eval_batch_size,
+                                        base.target_ce, full=[kept_epoch(members[e]) for e in active])
+        stopping = [members[e].status != "diverged" and result is not None
+                    and (not math.isfinite(result[0]) or result[0] <= base.target_ce
+                         or members[e].epoch >= base.max_epochs)
+                    for result, e in zip(train_eval, active)]
+        test_rows = [row for row, e in enumerate(active) if stopping[row] or kept_epoch(members[e])]
+        test_eval = dict(zip(test_rows, evaluate_members(model_cfg, member_rows(stack.params, test_rows), x_test,
+                                                         y_test, base.eval_batch_size) if test_rows else []))
         per_member = (time.perf_counter() - start) / len(active)
         stopped = []
         for row, e in enumerate(active):
@@ -275,17 +331,19 @@ def train_ensemble(models: list[CRATE], names: list[str], train_cfgs: list[Train
                 stopped.append(e)
                 continue
             m.elapsed += per_member
-            (train_loss, train_acc), (test_loss, test_acc) = train_eval[row], test_eval[row]
+            (train_loss, train_acc), (test_loss, test_acc) = (train_eval[row] or NOT_EVALUATED,
+                                                              test_eval.get(row, NOT_EVALUATED))
             lr_now = m.train_cfg.lr * lr_factor(m.step, warmup, total)
             record = {"epoch": m.epoch, "step": m.step, "lr": lr_now, "seconds": m.elapsed,
                       "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                       "test_acc": test_acc}
             m.history.append(record)
-            if not math.isfinite(train_loss) or not math.isfinite(test_loss):
+            if (train_eval[row] is not None and not math.isfinite(train_loss)
+                    or row in test_eval and not math.isfinite(test_loss)):
                 m.status, m.diverged_at = "diverged", m.epoch
                 stopped.append(e)
                 continue
-            m.reached = train_loss <= base.target_ce
+            m.reached = train_eval[row] is not None and train_loss <= base.target_ce
             if on_epoch is not None:
                 on_epoch(e, m.epoch, lambda row=row, m=m: _state(m, stack, row), record)
             if m.reached or m.epoch >= base.max_epochs:

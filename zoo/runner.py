@@ -25,8 +25,9 @@ from .allocator import keep_freed_memory
 from .data import load_dataset
 from .ensemble import STATE_FORMAT, ensemble_key, train_ensemble
 from .config import DataConfig, RunConfig
+from .errors import BadValueError, MissingInputError
 from .models import CRATE
-from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, save_checkpoint
+from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, lock_lease, save_checkpoint
 from .train import resolve_device
 
 MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "n_train", "weight_decay",
@@ -80,10 +81,10 @@ def train_group(cfgs: list[RunConfig], root: str | Path, data_dir: str | None = 
     store = RunStore(root)
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as held:
-        todo = []
+        todo, locks = [], {}
         for cfg in cfgs:
             run_id = store.prepare(cfg)
-            lock = held.enter_context(store.lock(run_id))
+            lock = locks[run_id] = held.enter_context(store.lock(run_id))
             if not lock.acquire():
                 results[run_id] = {"run_id": run_id, "status": "locked"}
             elif store.is_finished(run_id):
@@ -92,6 +93,9 @@ def train_group(cfgs: list[RunConfig], root: str | Path, data_dir: str | None = 
                 todo.append(cfg)
         if todo:
             results.update(_train_members(todo, store, data_dir, log, device))
+        for cfg in todo:
+            if not locks[cfg.run_id].renew():   # paused past its lease, so another process took the run over
+                store.record_event(cfg.run_id, "lock lost: its lease expired and another process took the run over")
     return [results[cfg.run_id] for cfg in cfgs]
 
 
@@ -183,9 +187,10 @@ def build_zoo(runs: list[RunConfig], out: str | Path, *, name: str = "zoo", work
     ``device`` (cpu, cuda, auto) is where each run trains; it is not part of the runs' configs. Runs that differ
     only in lr, dropout and seed train together, up to ``ensemble_size`` at a time (1: one run at a time); the
     models are the same bit for bit whatever the grouping."""
-    resolve_device(device)  # an unusable device is an error before anything is written
+    resolve_device(device)  # an unusable device or lock lease is an error before anything is written
+    lock_lease()
     if not isinstance(ensemble_size, int) or ensemble_size < 1:
-        raise ValueError(f"ensemble size must be a positive integer, got {ensemble_size!r}")
+        raise BadValueError(f"ensemble size must be a positive integer, got {ensemble_size!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = RunStore(out)
@@ -301,5 +306,5 @@ def load_zoo(path: str | Path) -> pd.DataFrame:
     """The zoo's models.csv as a DataFrame, one row per run."""
     csv_path = Path(path) / "models.csv"
     if not csv_path.exists():
-        raise FileNotFoundError(f"{csv_path} not found: build the zoo first (srrbench zoo --out {path})")
+        raise MissingInputError(f"{csv_path} not found: build the zoo first (srrbench zoo --out {path})")
     return pd.read_csv(csv_path)

@@ -4,6 +4,8 @@
                       metrics.json     written last: its presence means the run is finished
                       log.csv          one row per epoch
                       events.log       one appended line per training start, resume and finish (host, pid)
+                      .lock            'host pid start lease token' while a process trains it; a lease renewed
+                                       every lease/10 s (default 300 s, $SRRBENCH_LOCK_LEASE), see RunLock
                       ckpt/init.pt, ckpt/epoch-0005.pt, ckpt/final.pt   model weights
                       ckpt/state.pt    full resumable state (optimizer, scheduler, RNG), removed when done
                       *.sha256         checksum beside every checkpoint; a file without a matching one is corrupt
@@ -13,6 +15,7 @@ foreign or malicious file) is refused, never executed.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -21,12 +24,14 @@ import os
 import re
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 from .config import RunConfig
+from .errors import BadValueError, UsageError
 
 try:
     import fcntl
@@ -37,8 +42,8 @@ except ImportError:  # Windows
 SET_ASIDE = ".corrupt-"  # run directories renamed <id>.corrupt-<time> were found untrustworthy and left for inspection
 
 
-class StoreError(RuntimeError):
-    """A file in the store is corrupt, foreign or inconsistent; the message names it."""
+class StoreError(UsageError, RuntimeError):
+    """A file in the store is corrupt, foreign or inconsistent; the message names it (the user's data, not a bug)."""
 
 
 _UMASK = os.umask(0o022)
@@ -117,23 +122,58 @@ def load_checkpoint(path: Path):
                          f"run") from None
 
 
+# A run lock is a lease: its holder renews it (the lock file's mtime) every LEASE_SECONDS / HEARTBEATS_PER_LEASE
+# seconds from a background thread, and a lock not renewed for its lease is stale on every host. So a worker
+# killed on another host (whose PID cannot be checked from here) blocks its runs for at most one lease. The lease
+# must exceed any pause of a live holder and the clock difference between the hosts sharing a zoo directory.
+LEASE_SECONDS = 300.0
+HEARTBEATS_PER_LEASE = 10
+LEASE_ENV = "SRRBENCH_LOCK_LEASE"   # seconds; the holder writes its lease into the lock, so readers use the holder's
+
+
+def lock_lease() -> float:
+    """The lease of locks taken by this process: ``$SRRBENCH_LOCK_LEASE`` seconds, else ``LEASE_SECONDS``."""
+    text = os.environ.get(LEASE_ENV)
+    if text is None:
+        return LEASE_SECONDS
+    try:
+        lease = float(text)
+    except ValueError:
+        lease = float("nan")
+    if not lease > 0 or lease == float("inf"):
+        raise BadValueError(f"{LEASE_ENV} must be a positive number of seconds, got {text!r}")
+    return lease
+
+
 class RunLock:
-    """An exclusive lock file per run; a lock left by a dead process on this host is taken over.
+    """An exclusive lock file per run, held as a renewed lease.
+
+    The lock file holds ``host pid start lease token``. Its holder renews it by touching it every
+    ``lease / HEARTBEATS_PER_LEASE`` seconds from a daemon thread while it holds it. Another process takes it over
+    when its lease has expired (mtime older than the holder's lease, whatever the host) or, on the holder's own
+    host, at once when the holder's PID is dead; a live holder, which keeps renewing, is never taken over.
 
     The owner line is written to a private file first and hard-linked into place, so a lock appears whole or not at
-    all, even when its process is killed while taking it. Taking over a stale lock is serialised by ``flock`` on a
-    guard file (released by the kernel when its holder dies): two processes that find the same stale lock cannot
-    both remove it, the second removing the first's fresh lock.
+    all, even when its process is killed while taking it. Taking over a stale lock, and releasing one not renewed
+    for half a lease, are serialised by ``flock`` on a guard file (released by the kernel when its holder dies):
+    two processes that find the same stale lock cannot both remove it, the second removing the first's fresh lock,
+    and a holder whose lease expired (``lost``) never removes the lock of the process that took over.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lease: float | None = None):
         self.path = path
+        self.lease = lock_lease() if lease is None else float(lease)
         self.held = False
+        self.lost = False   # set by the heartbeat when the lock file is no longer ours (taken over after expiry)
+        self._owner = ""
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        owner = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n"
-        mine = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}.{id(self)}.tmp")
+        token = os.urandom(6).hex()
+        owner = f"{socket.gethostname()} {os.getpid()} {time.time():.0f} {self.lease:g} {token}\n"
+        mine = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}.{token}.tmp")
         mine.write_text(owner)
         try:
             for _ in range(3):
@@ -148,11 +188,35 @@ class RunLock:
                         if self._take_over():
                             continue
                         return False
-                self.held = True
+                self._hold(owner)
                 return True
             return False
         finally:
             mine.unlink(missing_ok=True)
+
+    def _hold(self, owner: str) -> None:
+        self.held, self.lost, self._owner = True, False, owner
+        self._renewed = time.monotonic()
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name=f"lease {self.path}", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease / HEARTBEATS_PER_LEASE):
+            if not self.renew():
+                return
+
+    def renew(self) -> bool:
+        """Touch the lock so its lease runs from now; False (and ``lost``) when it is no longer ours."""
+        try:
+            if self.path.read_text() != self._owner:
+                raise FileNotFoundError
+            os.utime(self.path)
+            self._renewed = time.monotonic()
+            return True
+        except OSError:  # removed, replaced by another holder's lock, or its directory set aside
+            self.lost = True
+            return False
 
     def _create(self, owner: str) -> bool:
         try:
@@ -163,44 +227,73 @@ class RunLock:
             f.write(owner)
         return True
 
-    def _take_over(self) -> bool:
-        """Remove the lock if it is stale; True when the caller should try to take it again."""
-        if fcntl is None:  # no flock (Windows): takeovers are not serialised
-            return self._remove_if_stale()
+    @contextlib.contextmanager
+    def _guarded(self):
+        if fcntl is None:  # no flock (Windows): takeovers and releases are not serialised
+            yield
+            return
         with open(self.path.with_name(self.path.name + ".guard"), "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
-            return self._remove_if_stale()
+            yield
 
-    def _remove_if_stale(self) -> bool:
+    def _take_over(self) -> bool:
+        """Remove the lock if it is stale; True when the caller should try to take it again."""
+        with self._guarded():
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                return True  # released meanwhile: try again, without removing what someone may be creating now
+            if not self._stale(text):
+                return False
+            self.path.unlink(missing_ok=True)
+            return True
+
+    def _stale(self, text: str) -> bool:
         try:
-            text = self.path.read_text()
+            age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
-            return True  # released meanwhile: try again, without removing what someone may be creating now
-        if not self._stale(text):
-            return False
-        self.path.unlink(missing_ok=True)
-        return True
-
-    def _stale(self, text: str | None = None) -> bool:
+            return True
+        fields = text.split()
+        if len(fields) not in (3, 5):
+            return age > 60   # half-written or foreign: stale only once it is old enough not to be mid-write
+        host, pid = fields[0], fields[1]
         try:
-            host, pid, _ = (self.path.read_text() if text is None else text).split()
-        except (OSError, ValueError):
-            # unreadable or half-written: stale only once it is old enough not to be mid-write
-            return time.time() - self.path.stat().st_mtime > 60 if self.path.exists() else True
+            lease = float(fields[3]) if len(fields) == 5 else LEASE_SECONDS   # 3 fields: a lock of an older version
+            pid = int(pid)
+        except ValueError:
+            return age > 60
+        if age > lease:
+            return True
         if host != socket.gethostname():
             return False
         try:
-            os.kill(int(pid), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        except PermissionError:
+        except PermissionError:   # alive, another user's
             return False
         return False
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if not self.held:
+            return
+        self._stop.set()
+        if self._beat is not None and self._beat is not threading.current_thread():
+            self._beat.join()
+        self._beat = None
+        # renewed within half a lease: no other process can judge the lock stale now, so no takeover can race
+        # this removal; a holder paused longer removes it only under the guard, and only if it is still its own
+        recent = time.monotonic() - self._renewed < self.lease / 2
+        with contextlib.nullcontext() if recent else self._guarded():
+            try:
+                ours = self.path.read_text() == self._owner
+            except FileNotFoundError:
+                ours = False
+            if ours:
+                self.path.unlink(missing_ok=True)
+            else:
+                self.lost = True
+        self.held = False
 
     def __enter__(self):
         return self

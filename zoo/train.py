@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset
+from .errors import BadValueError
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def resolve_device(device: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but this torch build sees no CUDA GPU; use --device cpu")
+        raise BadValueError(f"device {device!r} requested but this torch build sees no CUDA GPU; use --device cpu")
     return resolved
 
 

@@ -10,6 +10,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from zoo.errors import BadValueError, MissingInputError
+
 SMOKE_MEASURE_OPTIONS = {"n_samples": 64}
 # what the zoo experiments read from measures.csv: the SRR family (the other measures cost time and are not used)
 SRR_MEASURES = ("srr", "srr-last", "sparsity", "rc", "r", "rate-reduction")
@@ -46,11 +48,11 @@ def experiment_zoo(out: Path, zoo: Path | None, quick: bool, experiment: str, da
     if zoo is not None:
         zoo = Path(zoo)
         if not (zoo / "models.csv").exists():
-            raise FileNotFoundError(f"{zoo / 'models.csv'} not found: --zoo must be a built zoo directory "
+            raise MissingInputError(f"{zoo / 'models.csv'} not found: --zoo must be a built zoo directory "
                                     f"(srrbench zoo --profile default --out {zoo})")
         return zoo
     if not quick:
-        raise ValueError(f"experiment {experiment!r} needs a built zoo: pass --zoo DIR (e.g. after `srrbench run "
+        raise BadValueError(f"experiment {experiment!r} needs a built zoo: pass --zoo DIR (e.g. after `srrbench run "
                          f"--profile default --out DIR`), or --quick to build the tiny smoke zoo into "
                          f"{Path(out) / 'zoo'}")
     from measures import compute_zoo

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from measures.layerwise import layerwise_zoo
+from zoo.errors import BadValueError
 
 from .artifacts import experiment_zoo, measure_options_of, pyplot, save_figure, torch_threads, write_csv
 
@@ -93,7 +94,7 @@ def run(out: Path, *, zoo: Path | None = None, quick: bool = False, workers: int
     with torch_threads(1):
         raw = layerwise_zoo(zoo, options=measure_options_of(zoo), data_dir=data_dir, progress=False)
     if raw.empty:
-        raise ValueError(f"{zoo}: no finished runs with checkpoints, so there is no layer-wise SRR to plot")
+        raise BadValueError(f"{zoo}: no finished runs with checkpoints, so there is no layer-wise SRR to plot")
     table = variant_curves(raw)
     write_csv(table, out / "layerwise.csv")
     plot_curves(table, out)

@@ -23,6 +23,7 @@ from analysis.correlations import select_models
 from analysis.stats import bootstrap_ci, granulated_kendall, kendall_tau
 from measures.compute import evaluate_measures, load_run, make_context
 from measures.context import MeasureOptions
+from zoo.errors import BadValueError
 from zoo.store import RunStore
 
 from .artifacts import SRR_MEASURES, experiment_zoo, measure_options_of, pyplot, run_jobs, save_figure, write_csv
@@ -164,7 +165,7 @@ def run(out: Path, *, zoo: Path | None = None, quick: bool = False, workers: int
 
     models, counts = select_models(pd.read_csv(zoo / "models.csv"), include_unreached=include_unreached)
     if models.empty:
-        raise ValueError(f"{zoo}: no finished run reached the CE target ({counts['excluded']} excluded); "
+        raise BadValueError(f"{zoo}: no finished run reached the CE target ({counts['excluded']} excluded); "
                          f"pass include_unreached=True to rank them anyway")
     jobs = [(str(zoo), run_id, base, grid, data_dir) for run_id in models["run_id"]]
     values = pd.DataFrame([row for rows in run_jobs(run_settings, jobs, workers) for row in rows],

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from measures import MeasureOptions, resolve_names
-from zoo import DataConfig, ModelConfig, RunConfig, TrainConfig
+from zoo import BadValueError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from zoo.config import checked_fields, config_from_dict
 
 try:
@@ -35,7 +35,7 @@ _FROM_DATASET = ("image_size", "channels", "num_classes")
 _TOP_LEVEL = ("name", "description", "estimate", "data", "model", "train", "grid", "measures", "analysis")
 
 
-class ProfileError(ValueError):
+class ProfileError(BadValueError):
     """A profile that cannot be used; the message names the key and what is allowed."""
 
 

@@ -242,3 +242,55 @@ def test_console_script_prints_one_line_and_a_traceback_only_with_debug(tmp_path
     debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, env=env, timeout=60)
     assert debug.returncode == 1 and debug.stderr.startswith("Traceback (most recent call last):")
     assert debug.stderr.rstrip().endswith(f"benchmark.profiles.ProfileError: {message}")
+
+
+# --- a bug is not bad input -----------------------------------------------------------------------------------------
+
+def assert_internal_error(code, err, kind, message, where):
+    assert code == 3
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"srrbench: internal error (a bug, not your input): {kind}: {message} in {where}"), err
+    assert lines[0].endswith("rerun with --debug for the traceback") and "Traceback" not in err
+
+
+def test_a_keyerror_from_our_code_is_a_bug_not_bad_input(monkeypatch, capsys):
+    def profiles_table():
+        return {}["width"]                                           # the kind of KeyError a bug raises
+    monkeypatch.setattr("benchmark.pipeline.profiles_table", profiles_table)
+    code, _, err = run_cli(capsys, "profiles")
+    assert_internal_error(code, err, "KeyError", "'width'", "profiles_table (test_cli_errors.py:")
+
+
+@pytest.mark.parametrize("error", [ValueError("bad shape"), FileNotFoundError("/nowhere/x.pt")])
+def test_builtin_errors_inside_the_zoo_stage_are_bugs(error, monkeypatch, tmp_path, capsys):
+    def plan_groups(*args, **kwargs):
+        raise error
+    monkeypatch.setattr("zoo.runner.plan_groups", plan_groups)
+    code, _, err = run_cli(capsys, "zoo", "--profile", "smoke", "--out", str(tmp_path), "--workers", "1", "--quiet")
+    assert_internal_error(code, err, type(error).__name__, str(error), "plan_groups")
+    with pytest.raises(type(error)):
+        main(["zoo", "--profile", "smoke", "--out", str(tmp_path), "--workers", "1", "--quiet", "--debug"])
+
+
+def test_a_filenotfounderror_inside_the_measures_stage_is_a_bug(monkeypatch, tmp_path, capsys):
+    (tmp_path / "models.csv").write_text("run_id,status\n")         # a zoo directory: the user's input is fine
+    def compute_zoo(*args, **kwargs):
+        raise FileNotFoundError("runs/abc/ckpt/final.pt")
+    monkeypatch.setattr("measures.compute_zoo", compute_zoo)
+    code, _, err = run_cli(capsys, "measures", "--zoo", str(tmp_path), "--names", "l2", "--quiet")
+    assert_internal_error(code, err, "FileNotFoundError", "runs/abc/ckpt/final.pt", "compute_zoo")
+
+
+def test_analyze_without_measures_names_the_stage_to_run(tmp_path, capsys):
+    (tmp_path / "models.csv").write_text("run_id,status\n")
+    code, _, err = run_cli(capsys, "analyze", "--zoo", str(tmp_path))
+    assert_one_line_error(code, err, [str(tmp_path / "measures.csv"), "not found", "srrbench measures --zoo"])
+
+
+def test_user_errors_are_usage_errors_and_keep_their_builtin_type():
+    from zoo import DatasetError, MissingInputError, StoreError, UnknownNameError, UsageError
+    assert issubclass(DatasetError, ValueError) and issubclass(DatasetError, UsageError)
+    assert issubclass(StoreError, RuntimeError) and issubclass(StoreError, UsageError)
+    assert issubclass(MissingInputError, FileNotFoundError)
+    assert str(UnknownNameError("unknown measure 'x'")) == "unknown measure 'x'"   # not KeyError's quoted repr

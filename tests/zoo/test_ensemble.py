@@ -1,12 +1,17 @@
 """zoo.ensemble: a member trains as it would alone (group, stopping, divergence, resume), and the runner's groups."""
+import math
+
 import pytest
 import torch
 
 from benchmark.profiles import parse_profile
 from tests.tiny_profile import runs_of
+from zoo import ensemble
 from zoo.data import load_dataset
-from zoo.ensemble import STATE_FORMAT, ensemble_key, train_ensemble
+from zoo.ensemble import (BOUND_SAFETY, STATE_FORMAT, FlatParameters, ensemble_key, evaluate_members,
+                          evaluate_train_set, train_ensemble)
 from zoo.models import CRATE, ModelConfig
+from zoo.stacked import stacked_logits
 from zoo.runner import build_zoo, plan_groups
 from zoo.store import RunStore, load_checkpoint
 from zoo.train import TrainConfig, evaluate, train_model
@@ -122,6 +127,49 @@ def test_metrics_are_evaluate_of_the_saved_weights(data):
         model.load_state_dict(o.weights)
         assert (o.metrics["train_loss"], o.metrics["train_acc"]) == evaluate(model, data.x_train, data.y_train, 50)
         assert (o.metrics["test_loss"], o.metrics["test_acc"]) == evaluate(model, data.x_test, data.y_test, 50)
+
+
+# --- the training set is evaluated in full only where it can decide the stop -------------------------------------
+
+PROBED = [(3e-2, 0.0, 0), (1e-2, 0.1, 1), (2e-2, 0.0, 2)]   # train CE from ~2.35 down to ~1.83 in 10 epochs
+
+
+def test_probed_train_ce_gives_the_full_pass_rules_stops_and_weights(data, monkeypatch):
+    kw = dict(max_epochs=10, target_ce=1.85, checkpoint_epochs=(2,))
+    monkeypatch.setattr(ensemble, "PROBE_IMAGES", 10 ** 9)            # the rule as written: a full pass every epoch
+    full = train(data, PROBED, **kw)
+    monkeypatch.setattr(ensemble, "PROBE_IMAGES", 100)                # bound = CE of 100 images * 100 / 120
+    probed = train(data, PROBED, **kw)
+    assert [o.metrics["epochs"] for o in full] == [8, 10, 10]          # the check has teeth: one stops at the target
+    for f, p in zip(full, probed):
+        assert_same_weights(f.weights, p.weights)
+        assert without_seconds(f.metrics) == without_seconds(p.metrics)     # final train/test CE and accuracy
+        assert f.finished_after == p.finished_after
+        rows_full, rows_probed = history(f), history(p)
+        assert [r["epoch"] for r in rows_full] == [r["epoch"] for r in rows_probed]
+        for a, b in zip(rows_full, rows_probed):
+            kept = b["epoch"] in (2, p.metrics["epochs"])
+            for key in ("train_loss", "train_acc"):            # where the train CE is recorded, it is the full pass's
+                assert a[key] == b[key] or math.isnan(b[key]) and not kept and a["train_loss"] > 1.85 * BOUND_SAFETY
+            for key in ("test_loss", "test_acc"):              # the test set only at kept epochs
+                assert (a[key] == b[key]) if kept else math.isnan(b[key])
+    skipped = [r["epoch"] for r in history(probed[1]) if math.isnan(r["train_loss"])]
+    assert skipped == [1, 3, 4, 5, 6]                          # the slow member's first epochs (2 is kept)
+
+
+def test_the_probe_bounds_the_train_ce_from_below_with_the_full_passs_logits(data):
+    x = load_dataset("digits", n_train=600).x_train
+    models = [new_model(seed, dim=32) for seed in range(3)]
+    stack = FlatParameters(models, torch.device("cpu"))
+    with torch.no_grad():
+        logits = stacked_logits(models[0].config, stack.params, x)
+        for k in (32, 128, 300):    # a prefix of the images gives the same logits bit for bit (CPU): the bound is safe
+            assert torch.equal(stacked_logits(models[0].config, stack.params, x[:k]), logits[:, :k])
+    y = load_dataset("digits", n_train=600).y_train
+    exact = evaluate_members(models[0].config, stack.params, x, y, 1024)
+    assert evaluate_train_set(models[0].config, stack.params, x, y, 1024, 0.3, [False, True, False]) == \
+        [None, exact[1], None]                                 # CE ~2.3: 128 images prove it above 0.3, unless forced
+    assert evaluate_train_set(models[0].config, stack.params, x, y, 1024, 0.6, [False] * 3) == exact   # 2.3*128/600<0.6
 
 
 # --- stopping and divergence -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -14,8 +15,9 @@ import torch
 from zoo import store as store_module
 from zoo.config import DataConfig, RunConfig
 from zoo.models import ModelConfig
-from zoo.store import (RunLock, RunStore, StoreError, atomic_write_bytes, load_checkpoint, read_json,
-                       save_checkpoint, write_json)
+from zoo.errors import BadValueError
+from zoo.store import (LEASE_SECONDS, RunLock, RunStore, StoreError, atomic_write_bytes, load_checkpoint,
+                       lock_lease, read_json, save_checkpoint, write_json)
 from zoo.train import TrainConfig
 
 CFG = RunConfig(DataConfig(n_train=100), ModelConfig(dim=8, depth=1, heads=2), TrainConfig(max_epochs=2))
@@ -232,3 +234,98 @@ def test_lock_of_another_host_is_respected(tmp_path):
     path.write_text(f"not-{socket.gethostname()} 1 0\n")           # cannot tell if it is alive: wait for it
     assert not RunLock(path).acquire()
     assert path.read_text().startswith("not-")
+
+
+# --- lock leases ------------------------------------------------------------------------------------------------
+
+OTHER_HOST = f"not-{socket.gethostname()}"
+
+
+def write_lock(path, line, age):
+    """A lock file as another process left it, last renewed ``age`` seconds ago."""
+    path.write_text(line)
+    then = time.time() - age
+    os.utime(path, (then, then))
+
+
+def test_lock_line_names_holder_and_lease(tmp_path):
+    path = tmp_path / ".lock"
+    lock = RunLock(path, lease=42)
+    assert lock.acquire()
+    host, pid, start, lease, token = path.read_text().split()
+    assert (host, pid, float(lease)) == (socket.gethostname(), str(os.getpid()), 42.0)
+    assert abs(float(start) - time.time()) < 5 and len(token) == 12
+    lock.release()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("age, taken", [(LEASE_SECONDS - 30, False), (LEASE_SECONDS + 30, True)])
+def test_lock_of_another_host_is_taken_over_once_its_lease_expired(tmp_path, age, taken):
+    path = tmp_path / ".lock"
+    write_lock(path, f"{OTHER_HOST} 4242 0 {LEASE_SECONDS:g} a1b2c3\n", age)    # a worker killed on host A
+    lock = RunLock(path)
+    assert lock.acquire() is taken
+    assert path.read_text().startswith(socket.gethostname() if taken else OTHER_HOST)
+    lock.release()
+
+
+def test_the_holders_lease_decides_not_the_readers(tmp_path):
+    path = tmp_path / ".lock"
+    write_lock(path, f"{OTHER_HOST} 4242 0 5 a1b2c3\n", 10)                   # its holder promised 5 s
+    assert RunLock(path, lease=1000).acquire()
+    write_lock(path, f"{OTHER_HOST} 4242 0 1000 a1b2c3\n", 10)                # it promised 1000 s
+    assert not RunLock(path, lease=5).acquire()
+
+
+def test_lock_of_an_older_version_from_another_host_gets_the_default_lease(tmp_path):
+    path = tmp_path / ".lock"
+    write_lock(path, f"{OTHER_HOST} 4242 0\n", LEASE_SECONDS - 30)            # no lease field: not yet expired
+    assert not RunLock(path).acquire()
+    write_lock(path, f"{OTHER_HOST} 4242 0\n", LEASE_SECONDS + 30)
+    assert RunLock(path).acquire()
+
+
+def test_expired_lease_of_a_live_pid_on_this_host_is_taken_over(tmp_path):
+    # a live PID with a lease not renewed for its whole length is a stopped holder or a reused PID
+    path = tmp_path / ".lock"
+    write_lock(path, f"{socket.gethostname()} {os.getpid()} 0 60 a1b2c3\n", 61)
+    assert RunLock(path).acquire()
+
+
+def test_a_live_holder_renews_its_lease_and_keeps_the_lock(tmp_path):
+    path = tmp_path / ".lock"
+    holder = RunLock(path, lease=0.5)                                           # renewed every 0.05 s
+    assert holder.acquire()
+    first = path.stat().st_mtime
+    time.sleep(1.0)                                                             # twice its lease
+    assert path.stat().st_mtime > first and not holder.lost
+    assert not RunLock(path, lease=0.5).acquire()                               # lease current: respected
+    holder.release()
+    assert not path.exists()
+
+
+def test_a_holder_taken_over_after_expiry_knows_it_and_leaves_the_new_lock(tmp_path):
+    path = tmp_path / ".lock"
+    old = RunLock(path, lease=60)
+    assert old.acquire()
+    old._stop.set()                                                             # a holder paused past its lease
+    then = time.time() - 120
+    os.utime(path, (then, then))
+    new = RunLock(path)
+    assert new.acquire()
+    assert not old.renew() and old.lost
+    old.release()                                                               # must not remove the new lock
+    assert path.exists() and path.read_text().split()[1] == str(os.getpid()) and new.held
+    new.release()
+    assert not path.exists()
+
+
+def test_lease_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SRRBENCH_LOCK_LEASE", "90")
+    assert lock_lease() == 90.0 and RunLock(tmp_path / ".lock").lease == 90.0
+    monkeypatch.delenv("SRRBENCH_LOCK_LEASE")
+    assert lock_lease() == LEASE_SECONDS
+    for bad in ("0", "-5", "soon", "inf", "nan"):
+        monkeypatch.setenv("SRRBENCH_LOCK_LEASE", bad)
+        with pytest.raises(BadValueError, match=f"LOCK_LEASE must be a positive number of seconds, got '{bad}'"):
+            lock_lease()
