@@ -1,10 +1,12 @@
 """benchmark.profiles: the grid a profile defines, and a profile's validation (every key, every type)."""
 import copy
 import itertools
+from pathlib import Path
 
 import pytest
 
 from benchmark.profiles import GRID_AXES, ProfileError, builtin_profiles, load_profile, parse_profile, resolve_profile
+from benchmark.pipeline import zoo_stage
 from zoo.models import VARIANTS
 
 
@@ -188,3 +190,10 @@ def test_builtin_profile_sizes():
     assert resolve_profile("smoke").n_runs == 8
     with pytest.raises(ProfileError, match="smoke"):                 # the message lists the built-in names
         resolve_profile("no-such-profile")
+
+
+def test_the_zoo_stage_stores_the_profile_beside_the_runs(tmp_path):
+    profile = resolve_profile("smoke")
+    summary = zoo_stage(profile, tmp_path, workers=1, progress=False, log=lambda *a: None)
+    assert summary["done"] == profile.n_runs
+    assert Path(tmp_path, "profile.toml").read_text() == profile.source   # `srrbench measures/analyze` read it
