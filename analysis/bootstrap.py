@@ -70,10 +70,11 @@ def draw_multiplicities(n_boot: int, seed: int, config: np.ndarray | None = None
 
     Examples
     --------
-    Three models of one configuration and one of another: each resample holds 4 draws in all.
+    Two configurations of two seeds each: a resample draws 2 configurations, then 2 seeds inside each.
 
-    >>> draw_multiplicities(3, 0, np.array([0, 0, 0, 1])).sum(axis=1)
-    array([4., 4., 4.])
+    >>> counts = draw_multiplicities(3, 0, np.array([0, 0, 1, 1]))
+    >>> counts.sum(axis=1), bool((counts[:, :2].sum(axis=1) % 2 == 0).all())
+    (array([4., 4., 4.]), True)
     """
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")

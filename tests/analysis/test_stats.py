@@ -210,3 +210,15 @@ def test_cmi_nan_when_nothing_to_score():
     assert math.isnan(conditional_mi(df, "mu", "gap", axes=["h"]))  # every pair tied in mu
     with pytest.raises(ValueError, match="max_conditioning"):
         conditional_mi(df, "mu", "gap", axes=["h"], max_conditioning=-1)
+
+
+def test_psi_is_averaged_within_each_seed_then_over_seeds():
+    # seed 0: lr groups at bs a and b both agree (τ = 1, 1); seed 1: only bs a is a usable group and disagrees
+    # (τ = −1). ψ_lr = mean(mean(1, 1), −1) = 0, not the mean over the three groups, 1/3.
+    df = pd.DataFrame({"lr": [1, 2, 1, 2, 1, 2, 1], "bs": ["a", "a", "b", "b", "a", "a", "b"],
+                       "seed": [0, 0, 0, 0, 1, 1, 1], "gap": [1.0, 2, 3, 4, 1, 2, 3], "mu": [1.0, 2, 3, 4, 2, 1, 3]})
+    result = granulated_kendall(df, "mu", "gap", axes=["lr", "bs"])
+    assert result.psi["lr"] == pytest.approx(0.0)
+    assert result.per_axis["lr"].n_groups == 3
+    # without the seed held fixed it is one group per bs over both seeds
+    assert granulated_kendall(df, "mu", "gap", axes=["lr", "bs"], fixed=()).per_axis["lr"].n_groups == 2
