@@ -168,7 +168,8 @@ _HOW_TO_READ = (
     "**τ** is Kendall's τ-b over all analysed models of one width: it rewards any agreement, including one that a "
     "single hyperparameter (say the learning rate) causes alone.",
     "**ψ (per axis)** is Jiang et al.'s granulated Kendall coefficient: τ inside groups of models that differ only "
-    "in that hyperparameter (every other varied hyperparameter and the seed held fixed), averaged over groups. "
+    "in that hyperparameter (every other varied hyperparameter and the seed held fixed), averaged over the groups "
+    "of each seed and then over seeds. "
     "Only axes that vary within the width are granulated. **Ψ** is the mean of the ψ's: it asks whether the "
     "measure tracks the gap when each hyperparameter changes on its own.",
     "**CMI** is Jiang et al.'s conditional mutual information score: the information the measure's ordering of a "
@@ -215,7 +216,9 @@ def _summary_blocks(data, correlations: pd.DataFrame, gap: str) -> list:
         f"Measures: **{len([c for c in data.measures.columns if c != 'run_id'])}**; gap: `{gap}` "
         f"({GAP_LABELS.get(gap, gap)}).",
         f"Bootstrap: {settings.get('n_boot', '?')} resamples (CMI: {settings.get('n_boot_cmi', '?')}), "
-        f"seed {settings.get('seed', '?')}; varied axes: "
+        f"seed {settings.get('seed', '?')}, resampling "
+        + ("; ".join(f"width {w}: {how}" for w, how in settings.get("bootstrap", {}).items()) or "nothing")
+        + "; varied axes: "
         + ("; ".join(f"width {w}: {', '.join(a) or 'none'}" for w, a in settings.get("varied_axes", {}).items())
            or "none") + ".",
     ]
