@@ -8,7 +8,7 @@ import pytest
 
 from analysis import bootstrap
 from analysis.bootstrap import (bootstrap_ci, draw_multiplicities, is_hierarchical, percentile_interval,
-                                resample_replicates, tau_replicates, pair_signs)
+                                pair_signs, resample_replicates, tau_replicates)
 from analysis.stats import kendall_tau
 
 
