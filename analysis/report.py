@@ -269,7 +269,8 @@ def _comparison_text(rows: pd.DataFrame, statistic: str) -> str:
     low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
     symbol = {"Psi": "Ψ", "tau": "τ"}[statistic]
     verdict = "**resolved**" if row["resolved"] else "not resolved"
-    return f"Δ{symbol} = {sign * row['diff']:+.3f} [{low:+.3f}, {high:+.3f}] {verdict}"
+    diff, low, high = (round(v, 3) + 0.0 for v in (sign * row["diff"], low, high))  # no "-0.000"
+    return f"Δ{symbol} = {diff:+.3f} [{low:+.3f}, {high:+.3f}] {verdict}"
 
 
 def _comparison_blocks(comparisons: pd.DataFrame | None, data, plot_result: PlotResult, level: float) -> list:
