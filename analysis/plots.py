@@ -3,6 +3,8 @@
 - ``scatter_<measure>``: measure vs gap, one panel per width, points coloured by variant, τ and Ψ in the titles.
 - ``scatter_grid``: small scatters of SRR and the measures with the largest |Ψ|.
 - ``psi_heatmap_width<W>``: ψ per axis (and Ψ, τ) × measure, diverging colours centred at 0.
+- ``comparisons_<Psi|tau>_width<W>``: measure × measure matrix of paired differences (row − column), Holm-resolved
+  cells marked.
 - ``layerwise_srr``: SRR_ℓ against layer, one line per saved epoch, one panel per variant (mean over runs).
 - ``training_curves``: train and test cross-entropy per epoch of every run, with the CE target.
 
@@ -11,10 +13,9 @@ backend or global state, and no figure is left open.
 """
 from __future__ import annotations
 
+import io
 import math
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .correlations import select_models
-from .tables import UMASK
+from zoo.store import atomic_write_bytes
+
+from .selection import select_models
+from .tables import kendall_table
 
 try:
     import tomllib
@@ -42,6 +45,7 @@ __all__ = [
     "plot_scatter",
     "plot_scatter_grid",
     "plot_psi_heatmap",
+    "plot_comparison_matrix",
     "plot_layerwise_srr",
     "plot_training_curves",
     "target_ce_from_profile",
@@ -75,21 +79,15 @@ def measure_filename(measure: str) -> str:
 
 
 def save_figure(fig: Figure, base: str | Path) -> list[Path]:
-    """Save ``fig`` as ``base.png`` (150 dpi) and ``base.pdf``, each through a temporary file and a rename."""
+    """Save ``fig`` as ``base.png`` (150 dpi) and ``base.pdf``, each written atomically (``zoo.store``)."""
     base = Path(base)
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
         path = base.parent / f"{base.name}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=base.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~UMASK)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150)  # constrained layout already fits legends and labels
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext, dpi=150)  # constrained layout already fits legends and labels
+        atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     return paths
 
@@ -245,6 +243,42 @@ def plot_psi_heatmap(table: pd.DataFrame) -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Paired comparisons
+# ---------------------------------------------------------------------------------------------------------------
+
+def plot_comparison_matrix(comparisons: pd.DataFrame, width, statistic: str, order: list[str],
+                           srr: set[str] = frozenset()) -> Figure:
+    """Measures × measures coloured by diff = value(row) − value(column) of ``statistic``; a dot marks the pairs
+    whose Holm-corrected interval excludes 0. ``order``: the measures, e.g. sorted by Ψ."""
+    rows = comparisons.loc[(comparisons["width"] == width) & (comparisons["statistic"] == statistic)]
+    names = [m for m in order if m in set(rows["measure_a"]) | set(rows["measure_b"])]
+    index = {m: i for i, m in enumerate(names)}
+    diff = np.full((len(names), len(names)), np.nan)
+    resolved = np.zeros_like(diff, dtype=bool)
+    for a, b, d, r in zip(rows["measure_a"], rows["measure_b"], rows["diff"], rows["resolved"]):
+        i, j = index[a], index[b]
+        diff[i, j], diff[j, i] = d, -d
+        resolved[i, j] = resolved[j, i] = bool(r)
+    limit = max(float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0, 1e-9)
+    size = max(5.0, 0.22 * len(names) + 3.0)
+    symbol = {"Psi": "Ψ", "tau": "τ"}.get(statistic, statistic)
+    with sns.plotting_context("notebook", rc=_STYLE):
+        fig = _figure(size + 1.5, size)
+        ax = fig.subplots()
+        image = ax.imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        fig.colorbar(image, ax=ax, shrink=0.8, label=f"{symbol}(row) − {symbol}(column)")
+        ys, xs = np.nonzero(resolved)
+        ax.scatter(xs, ys, s=6, c="black", marker="o", label="resolved (Holm)")
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        for label in (*ax.get_xticklabels(), *ax.get_yticklabels()):
+            if label.get_text() in srr:
+                label.set_fontweight("bold")
+        ax.set_title(f"Paired differences of {symbol}, width {width} (• = interval excludes 0 after Holm)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Layer-wise SRR and training curves
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -333,16 +367,17 @@ def target_ce_from_profile(profile_text: str | None, default: float = 0.01) -> f
 # All of a zoo's figures
 # ---------------------------------------------------------------------------------------------------------------
 
-_OUR_FILES = re.compile(r"^(scatter_.+|psi_heatmap_width.+|layerwise_srr|training_curves)\.(png|pdf)$")
+_OUR_FILES = re.compile(r"^(scatter_.+|psi_heatmap_width.+|comparisons_.+|layerwise_srr|training_curves)"
+                        r"\.(png|pdf)$")
 
 
 def write_plots(data, correlations: pd.DataFrame, out_dir: str | Path, gap: str = "gap_loss",
-                tables: dict | None = None) -> PlotResult:
+                tables: dict | None = None, comparisons: pd.DataFrame | None = None) -> PlotResult:
     """Write every figure of a zoo's analysis into ``out_dir``; skip (with a reason) those whose input is missing.
 
     Parameters
     ----------
-    data : analysis.correlations.ZooData
+    data : analysis.zoo_files.ZooData
         The zoo's inputs (``read_zoo``).
     correlations : pandas.DataFrame
         ``correlation_table``'s long table; its ``attrs["settings"]`` says which models were analysed.
@@ -352,9 +387,9 @@ def write_plots(data, correlations: pd.DataFrame, out_dir: str | Path, gap: str 
         Gap column plotted on the y-axes.
     tables : dict, optional
         ``tables.kendall_table`` frames by width, for the heatmaps (made here when not given).
+    comparisons : pandas.DataFrame, optional
+        ``comparisons.paired_comparisons``' table, for the comparison matrices.
     """
-    from .tables import kendall_table
-
     out_dir = Path(out_dir)
     result = PlotResult()
     settings = correlations.attrs.get("settings", {})
@@ -386,6 +421,15 @@ def write_plots(data, correlations: pd.DataFrame, out_dir: str | Path, gap: str 
             result.files[f"psi_heatmap_width{width}"] = save_figure(fig, out_dir / f"psi_heatmap_width{width}")
         else:
             result.skipped[f"psi_heatmap_width{width}"] = f"no hyperparameter varies at width {width}"
+
+    srr = {m for m, f in families.items() if f == "srr"}
+    if comparisons is not None:
+        for (width, statistic), _ in comparisons.groupby(["width", "statistic"], sort=True):
+            table = (tables or {}).get(width)
+            order = list(table["measure"]) if table is not None else measure_names
+            name = f"comparisons_{statistic}_width{width}"
+            result.files[name] = save_figure(plot_comparison_matrix(comparisons, width, statistic, order, srr),
+                                             out_dir / name)
 
     if data.layerwise is None or data.layerwise.empty:
         result.skipped["layerwise_srr"] = "no layerwise.csv in the zoo directory"

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .correlations import select_models
+from zoo.store import atomic_write_text
+
 from .plots import GAP_LABELS, PlotResult, measure_filename, target_ce_from_profile
-from .tables import kendall_caption, kendall_html, kendall_markdown, write_text_atomic
+from .selection import select_models
+from .tables import kendall_caption, kendall_html, kendall_markdown
 
 __all__ = ["build_report", "render_markdown", "render_html", "write_report"]
 
@@ -166,15 +168,21 @@ _HOW_TO_READ = (
     "**τ** is Kendall's τ-b over all analysed models of one width: it rewards any agreement, including one that a "
     "single hyperparameter (say the learning rate) causes alone.",
     "**ψ (per axis)** is Jiang et al.'s granulated Kendall coefficient: τ inside groups of models that differ only "
-    "in that hyperparameter (every other varied hyperparameter and the seed held fixed), averaged over groups. "
+    "in that hyperparameter (every other varied hyperparameter and the seed held fixed), averaged over the groups "
+    "of each seed and then over seeds. "
     "Only axes that vary within the width are granulated. **Ψ** is the mean of the ψ's: it asks whether the "
     "measure tracks the gap when each hyperparameter changes on its own.",
     "**CMI** is Jiang et al.'s conditional mutual information score: the information the measure's ordering of a "
     "pair of models carries about their gap ordering, conditioned on up to two hyperparameters, minimised over the "
     "conditioning sets and divided by the gap's entropy. 0 = nothing beyond what the hyperparameters explain, "
     "1 = the gap's order entirely; it has no sign.",
-    "**Intervals** in brackets are 95% percentile bootstrap intervals over models (resampled with replacement "
-    "within the width). An interval that holds 0 means the data cannot tell the sign.",
+    "**Sign-error** (SE) is Dziugaite et al.'s robust sign-error: for every pair of configurations differing in "
+    "one hyperparameter (an environment), the probability over one seed of each that the measure orders their gaps "
+    "wrongly (ties ½); SE mean and SE max summarise it over environments. 0 is perfect, 0.5 is chance.",
+    "**Intervals** in brackets are 95% percentile bootstrap intervals. With several seeds per configuration the "
+    "bootstrap is hierarchical (configurations with replacement, then seeds within each), so the intervals hold the "
+    "training noise; with one seed it resamples models. An interval that holds 0 means the data cannot tell the "
+    "sign.",
     "**Filtering.** By default only runs that finished and reached the training cross-entropy target enter "
     "(Jiang et al.'s protocol: models are compared at the same training loss); the counts below say how many were "
     "left out and why.",
@@ -208,7 +216,9 @@ def _summary_blocks(data, correlations: pd.DataFrame, gap: str) -> list:
         f"Measures: **{len([c for c in data.measures.columns if c != 'run_id'])}**; gap: `{gap}` "
         f"({GAP_LABELS.get(gap, gap)}).",
         f"Bootstrap: {settings.get('n_boot', '?')} resamples (CMI: {settings.get('n_boot_cmi', '?')}), "
-        f"seed {settings.get('seed', '?')}; varied axes: "
+        f"seed {settings.get('seed', '?')}, resampling "
+        + ("; ".join(f"width {w}: {how}" for w, how in settings.get("bootstrap", {}).items()) or "nothing")
+        + "; varied axes: "
         + ("; ".join(f"width {w}: {', '.join(a) or 'none'}" for w, a in settings.get("varied_axes", {}).items())
            or "none") + ".",
     ]
@@ -227,6 +237,83 @@ def _summary_blocks(data, correlations: pd.DataFrame, gap: str) -> list:
     if rows:
         blocks += [Paragraph(f"Spread of the gap (`{gap}`) over the analysed models, per width:"),
                    Table(("width", "models", "min", "median", "max"), tuple(rows), (False, True, True, True, True))]
+    return blocks
+
+
+def _reliability_blocks(reliability: pd.DataFrame | None, settings: dict) -> list:
+    blocks = [Heading(2, "Reliability of this study")]
+    if reliability is None or reliability.empty:
+        return blocks + [Paragraph("Every configuration was trained with one seed, so this run cannot measure its own "
+                                   "noise. Give the profile several seeds (e.g. `seed = [0, 1, 2]`) to get the seed "
+                                   "share of the gap's variance and the agreement of the rankings between seeds.")]
+    rows = tuple((str(r["width"]), str(r["n_models"]), str(r["n_configurations"]), str(r["n_seeds"]),
+                  _number(r["seed_share"], 2), _number(r["gap_tau"], 2), _number(r["ranking_tau_Psi"], 2),
+                  _number(r["ranking_tau_tau"], 2)) for r in reliability.to_dict("records"))
+    blocks += [
+        Paragraph("How much of what this study measures is training noise. **Seed share**: within-configuration "
+                  "variance of the gap over its total variance (0 = seeds do not move the gap, 1 = only seeds do). "
+                  "**Gap τ**: Kendall τ between two seeds' gaps over the same configurations. **Ranking agreement**: "
+                  "Kendall τ between the measures' Ψ (resp. τ) computed on one seed's models and on another's. All "
+                  "averaged over pairs of seeds; file `reliability.csv`."),
+        Table(("width", "models", "configurations", "seeds", "seed share", "gap τ between seeds",
+               "ranking agreement (Ψ)", "ranking agreement (τ)"), rows, (False,) + (True,) * 7),
+        Paragraph("Bootstrap: " + "; ".join(f"width {w}: {how}" for w, how in settings.get("bootstrap", {}).items())
+                  + "."),
+    ]
+    return blocks
+
+
+def _comparison_text(rows: pd.DataFrame, statistic: str) -> str:
+    row = rows.iloc[0]
+    sign = -1.0 if row["swapped"] else 1.0
+    low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
+    symbol = {"Psi": "Ψ", "tau": "τ"}[statistic]
+    verdict = "**resolved**" if row["resolved"] else "not resolved"
+    diff, low, high = (round(v, 3) + 0.0 for v in (sign * row["diff"], low, high))  # no "-0.000"
+    return f"Δ{symbol} = {diff:+.3f} [{low:+.3f}, {high:+.3f}] {verdict}"
+
+
+def _comparison_blocks(comparisons: pd.DataFrame | None, data, plot_result: PlotResult, level: float) -> list:
+    blocks = [Heading(2, "Paired comparisons")]
+    if comparisons is None or comparisons.empty:
+        return blocks + [Paragraph("Fewer than two measures with a value: nothing to compare.")]
+    blocks.append(Paragraph(
+        f"Whether measure A beats measure B is a paired question on the same models: Ψ(A) − Ψ(B) and τ(A) − τ(B) are "
+        f"bootstrapped on the same resamples for every pair. Intervals are normal ones with the bootstrap standard "
+        f"error, corrected for the multiple comparisons of one width and statistic by Holm's step-down method "
+        f"(family-wise level {level:.0%}); **resolved** = the corrected interval excludes 0. File: "
+        f"`comparisons.csv`."))
+    counts = comparisons.groupby(["width", "statistic"])["resolved"].agg(["sum", "size"])
+    blocks.append(Bullets(tuple(f"width {w}, {s}: {int(r['sum'])} of {int(r['size'])} pairs resolved"
+                                for (w, s), r in counts.iterrows())))
+    families = {}
+    if data.info is not None and {"measure", "family"} <= set(data.info.columns):
+        families = dict(zip(data.info["measure"].astype(str), data.info["family"].astype(str)))
+    rivals = [m for m, f in families.items() if f in ("path-norm", "sharpness")]
+    present = set(comparisons["measure_a"]) | set(comparisons["measure_b"])
+    blocks.append(Heading(3, "The paper's question: SRR against path-norm and the sharpness measures"))
+    if "srr" not in present or not any(m in present for m in rivals):
+        blocks.append(Paragraph("Not answerable here: `srr` or the path-norm and sharpness measures are missing."))
+    else:
+        items = []
+        for width in sorted(comparisons["width"].unique().tolist()):
+            at = comparisons.loc[comparisons["width"] == width]
+            for rival in (m for m in rivals if m in present):
+                parts = []
+                for statistic in ("Psi", "tau"):
+                    pair = at.loc[(at["statistic"] == statistic)
+                                  & (((at["measure_a"] == "srr") & (at["measure_b"] == rival))
+                                     | ((at["measure_a"] == rival) & (at["measure_b"] == "srr")))]
+                    if len(pair):
+                        parts.append(_comparison_text(pair.assign(swapped=pair["measure_a"] != "srr"), statistic))
+                if parts:
+                    items.append(f"width {width}: srr − {rival}: " + "; ".join(parts))
+        blocks.append(Bullets(tuple(items)))
+    for name, paths in plot_result.files.items():
+        if name.startswith("comparisons_"):
+            png = [p for p in paths if p.suffix == ".png"]
+            if png:
+                blocks.append(Image(f"plots/{png[0].name}", name.replace("_", " ")))
     return blocks
 
 
@@ -278,12 +365,16 @@ def _measures_blocks(data) -> list:
 
 
 def build_report(data, correlations: pd.DataFrame, kendall: dict, plot_result: PlotResult,
-                 gap: str = "gap_loss", now: _dt.datetime | None = None) -> list:
-    """The report's blocks: title, summary, how to read, Kendall tables, plots, measures, profile, notes."""
+                 gap: str = "gap_loss", now: _dt.datetime | None = None, reliability: pd.DataFrame | None = None,
+                 comparisons: pd.DataFrame | None = None) -> list:
+    """The report's blocks: title, reliability, summary, how to read, Kendall tables, paired comparisons, plots,
+    measures, profile, notes."""
     now = now or _dt.datetime.now().astimezone()
     title = f"Generalization-measure report: {data.directory.resolve().name}"
+    settings = correlations.attrs.get("settings", {})
     blocks = [Heading(1, title),
               Paragraph(f"Generated {now:%Y-%m-%d %H:%M %Z} from `{data.directory}`.")]
+    blocks += _reliability_blocks(reliability, settings)
     blocks += _summary_blocks(data, correlations, gap)
     blocks += [Heading(2, "How to read this"), Bullets(_HOW_TO_READ)]
     blocks.append(Heading(2, "Kendall tables"))
@@ -296,6 +387,7 @@ def build_report(data, correlations: pd.DataFrame, kendall: dict, plot_result: P
             blocks.append(Image(f"plots/{heatmap[0].name}", f"ψ heatmap, width {width}"))
     if not kendall:
         blocks.append(Paragraph("No width had analysed models: nothing to tabulate."))
+    blocks += _comparison_blocks(comparisons, data, plot_result, settings.get("level", 0.95))
     blocks += _plot_blocks(plot_result, list(dict.fromkeys(correlations["measure"])))
     blocks += _measures_blocks(data)
     blocks.append(Heading(2, "Profile"))
@@ -310,10 +402,13 @@ def build_report(data, correlations: pd.DataFrame, kendall: dict, plot_result: P
 
 
 def write_report(data, correlations: pd.DataFrame, kendall: dict, plot_result: PlotResult,
-                 gap: str = "gap_loss") -> tuple[Path, Path]:
+                 gap: str = "gap_loss", reliability: pd.DataFrame | None = None,
+                 comparisons: pd.DataFrame | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the zoo directory (atomically); return their paths."""
-    blocks = build_report(data, correlations, kendall, plot_result, gap)
+    blocks = build_report(data, correlations, kendall, plot_result, gap, reliability=reliability,
+                          comparisons=comparisons)
     title = blocks[0].text
-    md_path = write_text_atomic(data.directory / "report.md", render_markdown(blocks))
-    html_path = write_text_atomic(data.directory / "report.html", render_html(blocks, title))
+    md_path, html_path = data.directory / "report.md", data.directory / "report.html"
+    atomic_write_text(md_path, render_markdown(blocks))
+    atomic_write_text(html_path, render_html(blocks, title))
     return md_path, html_path

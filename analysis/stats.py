@@ -6,7 +6,9 @@ column per hyperparameter (reference/measure-formulas.md §8.9-8.10):
 - ``kendall_tau``: Kendall's τ-b over all models (ties handled, as ``scipy.stats.kendalltau``'s default).
 - ``granulated_kendall``: Jiang et al.'s ψ_i per hyperparameter axis and Ψ = mean_i ψ_i.
 - ``conditional_mi`` / ``conditional_mi_detail``: Jiang et al.'s conditional mutual information score, §4.
-- ``bootstrap_ci``: percentile interval of any of the above, resampling models with replacement.
+- ``dense_ranks``, ``joint_codes``, ``level_codes``: the integer codings the bootstrap's fast path shares.
+
+Intervals of all of these come from ``analysis.bootstrap`` (one implementation of the resampling).
 
 Sign convention everywhere: positive means a larger measure goes with a larger gap, which is what a good complexity
 measure should do.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +30,10 @@ __all__ = [
     "granulated_kendall",
     "conditional_mi",
     "conditional_mi_detail",
-    "bootstrap_ci",
+    "seed_mean",
+    "dense_ranks",
+    "joint_codes",
+    "level_codes",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -46,12 +51,12 @@ def _as_float_vector(values, name: str) -> np.ndarray:
     return array
 
 
-def _dense_ranks(values: np.ndarray) -> np.ndarray:
+def dense_ranks(values: np.ndarray) -> np.ndarray:
     """Integer ranks 0..k−1, ties sharing one: their differences have exact signs, even at ±inf."""
     return np.unique(values, return_inverse=True)[1].ravel().astype(np.int64)
 
 
-def _joint_codes(codes: Sequence[np.ndarray], size: int) -> np.ndarray:
+def joint_codes(codes: Sequence[np.ndarray], size: int) -> np.ndarray:
     """One compact code 0..k−1 per distinct tuple of the given integer codes (mixed radix, re-compressed)."""
     joint = np.zeros(size, dtype=np.int64)
     for code in codes:
@@ -60,7 +65,7 @@ def _joint_codes(codes: Sequence[np.ndarray], size: int) -> np.ndarray:
     return joint
 
 
-def _level_codes(values: pd.Series) -> np.ndarray:
+def level_codes(values: pd.Series) -> np.ndarray:
     """Integer code per row for a hyperparameter column; NaN is a level of its own."""
     return pd.factorize(values, use_na_sentinel=False)[0].astype(np.int64)
 
@@ -139,7 +144,7 @@ def kendall_tau(x, y) -> float:
     n = x.size
     if n < 2:
         return math.nan
-    return float(_pair_counts(np.zeros(n, dtype=np.int64), _dense_ranks(x), _dense_ranks(y)).tau_b()[0])
+    return float(_pair_counts(np.zeros(n, dtype=np.int64), dense_ranks(x), dense_ranks(y)).tau_b()[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,13 +190,37 @@ class GranulatedResult:
         return {axis: result.psi for axis, result in self.per_axis.items()}
 
 
+def _group_replicate(group: np.ndarray, replicate: np.ndarray) -> np.ndarray:
+    """The replicate (seed) code of each group 0..G−1; a group lies inside one replicate by construction."""
+    of_group = np.zeros(int(group.max(initial=-1)) + 1, dtype=np.int64)
+    of_group[group] = replicate
+    return of_group
+
+
+def seed_mean(taus: np.ndarray, used: np.ndarray, group_replicate: np.ndarray) -> np.ndarray:
+    """ψ from per-group τ: the mean over used groups within each replicate, then the mean over replicates.
+
+    ``taus`` and ``used`` are (B, G) (B = 1 for a point value, or one row per bootstrap resample); returns (B,),
+    NaN where no group is used. The bootstrap's fast path calls this too, so point and replicates agree.
+    """
+    onehot = (group_replicate[:, None] == np.arange(int(group_replicate.max(initial=-1)) + 1)[None, :]).astype(float)
+    n_used = used.astype(float) @ onehot                                  # (B, S) used groups per replicate
+    total = np.where(used, taus, 0.0) @ onehot
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_replicate = total / n_used
+        n_replicates = (n_used > 0).sum(axis=1)
+        psi = np.where(n_used > 0, per_replicate, 0.0).sum(axis=1) / n_replicates
+    return np.where(n_replicates > 0, psi, np.nan)
+
+
 def granulated_kendall(df: pd.DataFrame, measure: str, gap: str, axes: Sequence[str],
                        fixed: Sequence[str] = ("seed",)) -> GranulatedResult:
     """Granulated Kendall coefficient ψ_i per hyperparameter axis and their mean Ψ (Jiang et al. §3).
 
     For axis i, models are grouped by the values of every *other* axis in ``axes`` and of the ``fixed`` columns, so a
     group holds models that differ only in axis i. τ-b of measure vs gap is computed inside each group, and ψ_i is
-    the plain mean over groups (each group weighs 1, whatever its size: Jiang's 1/m_i). Ψ = mean over axes of ψ_i.
+    the plain mean over groups (each group weighs 1, whatever its size: Jiang's 1/m_i), taken within each seed and
+    then averaged over seeds (see ``fixed``). Ψ = mean over axes of ψ_i.
 
     Parameters
     ----------
@@ -202,10 +231,11 @@ def granulated_kendall(df: pd.DataFrame, measure: str, gap: str, axes: Sequence[
     axes : sequence of str
         Columns of the hyperparameters that vary (Θ_1, …, Θ_n). Missing values (NaN) form a level of their own.
     fixed : sequence of str, default ("seed",)
-        Further columns held fixed inside each group but not themselves an axis. With a ``seed`` column, seeds are
-        kept apart: a group is one seed's models differing in axis i, and each seed's group counts once (rather than
-        averaging over seeds first). Columns absent from ``df`` are ignored, so the default works on tables without
-        seeds; columns that are also in ``axes`` are axes, not fixed. ``result.fixed`` says which were used.
+        Columns held fixed inside each group but not themselves an axis: the replicates (seeds). A group is one
+        seed's models differing in axis i; ψ_i is computed within each seed (mean over that seed's groups) and
+        then averaged over the seeds (each seed weighs 1, whatever its number of groups). With one seed this is
+        the plain mean over groups. Columns absent from ``df`` are ignored, so the default works on tables
+        without seeds; columns that are also in ``axes`` are axes, not fixed. ``result.fixed`` says which were used.
 
     Returns
     -------
@@ -240,22 +270,23 @@ def granulated_kendall(df: pd.DataFrame, measure: str, gap: str, axes: Sequence[
     _require_columns(df, axes, "axis")
     fixed = tuple(c for c in dict.fromkeys(fixed) if c in df.columns and c not in axes)
     table = df.loc[df[measure].notna() & df[gap].notna()]
-    rank_mu = _dense_ranks(_as_float_vector(table[measure], measure))
-    rank_gap = _dense_ranks(_as_float_vector(table[gap], gap))
-    codes = {c: _level_codes(table[c]) for c in (*axes, *fixed)}
+    rank_mu = dense_ranks(_as_float_vector(table[measure], measure))
+    rank_gap = dense_ranks(_as_float_vector(table[gap], gap))
+    codes = {c: level_codes(table[c]) for c in (*axes, *fixed)}
+    replicate = joint_codes([codes[c] for c in fixed], len(table))  # which seed (fixed-value combination) a row is
 
     per_axis = {}
     for axis in axes:
         keys = [a for a in axes if a != axis] + list(fixed)
-        group = _joint_codes([codes[k] for k in keys], len(table))
+        group = joint_codes([codes[k] for k in keys], len(table))
         counts = _pair_counts(group, rank_mu, rank_gap)
         # groups (present by construction) with >= 2 distinct values of the axis
-        _, first_row = np.unique(_joint_codes([group, codes[axis]], len(table)), return_index=True)
+        _, first_row = np.unique(joint_codes([group, codes[axis]], len(table)), return_index=True)
         varies = np.bincount(group[first_row], minlength=counts.n_pairs.size) >= 2
         used = varies & (counts.tied_y < counts.n_pairs)                # the gap is not constant
         constant_measure = used & (counts.tied_x == counts.n_pairs)
-        taus = np.where(constant_measure, 0.0, counts.tau_b())[used]
-        psi = float(taus.mean()) if taus.size else math.nan
+        taus = np.where(constant_measure, 0.0, counts.tau_b())
+        psi = float(seed_mean(taus[None, :], used[None, :], _group_replicate(group, replicate))[0])
         per_axis[axis] = AxisPsi(axis, psi, int(used.sum()), int((~used).sum()), int(constant_measure.sum()))
 
     finite = [r.psi for r in per_axis.values() if np.isfinite(r.psi)]
@@ -269,7 +300,7 @@ def granulated_kendall(df: pd.DataFrame, measure: str, gap: str, axes: Sequence[
 
 def _pair_codes(values: pd.Series, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """One integer per ordered pair for the tuple (value of the first model, value of the second)."""
-    codes = _level_codes(values)
+    codes = level_codes(values)
     return codes[first] * (int(codes.max(initial=0)) + 1) + codes[second]
 
 
@@ -319,8 +350,8 @@ def conditional_mi_detail(df: pd.DataFrame, measure: str, gap: str, axes: Sequen
         raise ValueError(f"max_conditioning must be a non-negative integer, got {max_conditioning!r}")
     table = df.loc[df[measure].notna() & df[gap].notna()]
     # ranks, not values: the signs are the same, and inf − inf would have none
-    mu = _dense_ranks(_as_float_vector(table[measure], measure))
-    g = _dense_ranks(_as_float_vector(table[gap], gap))
+    mu = dense_ranks(_as_float_vector(table[measure], measure))
+    g = dense_ranks(_as_float_vector(table[gap], gap))
 
     # ordered pairs of distinct models, without self-pairs
     n = len(table)
@@ -342,7 +373,7 @@ def conditional_mi_detail(df: pd.DataFrame, measure: str, gap: str, axes: Sequen
         row = {"conditioning": subset, "mi": math.nan, "entropy": math.nan, "ratio": math.nan,
                "n_cells": 0, "n_pairs": int(first.size)}
         if first.size:
-            cell = _joint_codes([codes[axis] for axis in subset], first.size)
+            cell = joint_codes([codes[axis] for axis in subset], first.size)
             mi, entropy, n_cells = _mi_and_entropy(cell, a, b)
             ratio = float(np.clip(mi / entropy, 0.0, 1.0)) if entropy > 0 else math.nan
             row.update(mi=mi, entropy=entropy, ratio=ratio, n_cells=n_cells)
@@ -398,56 +429,3 @@ def conditional_mi(df: pd.DataFrame, measure: str, gap: str, axes: Sequence[str]
     detail = conditional_mi_detail(df, measure, gap, axes, max_conditioning)
     ratios = detail["ratio"].to_numpy(dtype=float)
     return float(np.nanmin(ratios)) if np.isfinite(ratios).any() else math.nan
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Bootstrap
-# ---------------------------------------------------------------------------------------------------------------
-
-def bootstrap_ci(df: pd.DataFrame, statistic_fn: Callable[[pd.DataFrame], float], n_boot: int = 200,
-                 level: float = 0.95, seed: int = 0, min_finite_fraction: float = 0.5) -> tuple[float, float]:
-    """Percentile bootstrap interval of a statistic of the table, resampling models (rows) with replacement.
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        One row per model.
-    statistic_fn : callable
-        ``statistic_fn(resampled_df) -> float``, e.g. ``lambda d: kendall_tau(d["mu"], d["gap"])``. The resampled
-        table has a fresh 0..n−1 index; a model drawn twice appears as two rows.
-    n_boot : int, default 200
-        Number of resamples.
-    level : float, default 0.95
-        Coverage of the interval, in (0, 1): the ((1 − level)/2, (1 + level)/2) quantiles of the replicates.
-    seed : int, default 0
-        Seed of the resampling; the same seed gives the same interval.
-    min_finite_fraction : float, default 0.5
-        Replicates that are NaN or infinite (e.g. a resample with too few distinct models) are ignored; if fewer
-        than this fraction of ``n_boot`` (and fewer than 2) are finite, the interval is (NaN, NaN).
-
-    Returns
-    -------
-    (float, float)
-        Lower and upper ends of the interval.
-
-    Examples
-    --------
-    >>> df = pd.DataFrame({"mu": [1.0, 2.0, 3.0, 4.0], "gap": [0.1, 0.2, 0.3, 0.4]})
-    >>> bootstrap_ci(df, lambda d: kendall_tau(d["mu"], d["gap"]), n_boot=50)
-    (1.0, 1.0)
-    """
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    n = len(df)
-    if n == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, n, size=(n_boot, n))
-    replicates = np.array([statistic_fn(df.iloc[r].reset_index(drop=True)) for r in rows], dtype=float)
-    finite = replicates[np.isfinite(replicates)]
-    if finite.size < max(2, min_finite_fraction * n_boot):
-        return math.nan, math.nan
-    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)

@@ -1,4 +1,5 @@
-"""Paper-style Kendall tables, one per width: measures × (ψ per axis, Ψ, τ, CMI), as CSV, Markdown, LaTeX and HTML.
+"""Paper-style Kendall tables, one per width: measures × (ψ per axis, Ψ, τ, CMI, sign-error), as
+CSV, Markdown, LaTeX and HTML.
 
 Rows are measures sorted by Ψ (descending, NaN last); SRR measures (family "srr") are marked: an ``is_srr``
 column in CSV, bold in Markdown, LaTeX and HTML. The CSV keeps the bootstrap intervals of every statistic; the
@@ -8,16 +9,17 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from zoo.store import atomic_write_text
+
+from .sign_error import SIGN_ERROR_STATISTICS
+
 __all__ = [
-    "write_text_atomic",
     "kendall_table",
     "kendall_markdown",
     "kendall_latex",
@@ -26,31 +28,12 @@ __all__ = [
     "write_kendall_tables",
 ]
 
-_STATISTICS = ("Psi", "tau", "cmi")
-_DIGITS = {"psi": 2, "Psi": 2, "tau": 2, "cmi": 3}  # CMI scores are small (Jiang et al. print them x 100)
+_STATISTICS = ("Psi", "tau", "cmi", "sign_error_mean", "sign_error_max")
+_DIGITS = {"psi": 2, "Psi": 2, "tau": 2, "cmi": 3,  # CMI scores are small (Jiang et al. print them x 100)
+           "sign_error_mean": 2, "sign_error_max": 2}
 _WITH_CI = ("Psi", "tau")
-_SYMBOL = {"Psi": ("Ψ", r"$\Psi$"), "tau": ("τ", r"$\tau$"), "cmi": ("CMI", "CMI")}
-
-
-UMASK = os.umask(0o022)
-os.umask(UMASK)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: readers see the old
-    file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600 files; reports should be as readable as any other file
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+_SYMBOL = {"Psi": ("Ψ", r"$\Psi$"), "tau": ("τ", r"$\tau$"), "cmi": ("CMI", "CMI"),
+           "sign_error_mean": ("SE mean", "SE mean"), "sign_error_max": ("SE max", "SE max")}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -82,6 +65,8 @@ def kendall_table(correlations: pd.DataFrame, width, info: pd.DataFrame | None =
         ``tau`` and ``cmi``. ``attrs["width"]`` and ``attrs["axes"]`` say what it covers.
     """
     rows = correlations.loc[correlations["width"] == width]
+    # sign-errors enter the wide table overall only (their per-axis rows stay in correlations.csv)
+    rows = rows.loc[~(rows["statistic"].isin(SIGN_ERROR_STATISTICS) & (rows["axis"] != "all"))]
     if rows.empty:
         raise ValueError(f"no rows for width {width!r}; widths present: {sorted(correlations['width'].unique())}")
     axes = _axes_of(rows)
@@ -211,6 +196,7 @@ def kendall_caption(table: pd.DataFrame, gap: str | None = None) -> str:
     return (f"Width {width}: rank correlation of each measure with the generalization gap{gap_text} over "
             f"{n_models} models, sorted by Ψ. ψ per varied axis, Ψ = their mean, τ = Kendall's τ-b over all "
             f"models, CMI = conditional mutual information score; 95% bootstrap intervals in brackets; "
+            f"SE mean / SE max = robust sign-error over environments (0 best, 0.5 chance); "
             f"Expected = sign a complexity measure should have; SRR measures in bold.")
 
 
@@ -281,6 +267,11 @@ def _csv_table(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(**{c: table[c].round(3) for c in numeric})
 
 
+def _write(path: Path, text: str) -> Path:
+    atomic_write_text(path, text)
+    return path
+
+
 def write_kendall_tables(correlations: pd.DataFrame, info: pd.DataFrame | None, out_dir: str | Path,
                          gap: str | None = None) -> tuple[list[Path], dict]:
     """Write ``kendall_width<W>.csv``, ``.md`` and ``.tex`` for every width of the long table into ``out_dir``.
@@ -295,10 +286,10 @@ def write_kendall_tables(correlations: pd.DataFrame, info: pd.DataFrame | None, 
         table = kendall_table(correlations, width, info)
         tables[width] = table
         stem = out_dir / f"kendall_width{width}"
-        paths.append(write_text_atomic(stem.with_suffix(".csv"), _csv_table(table).to_csv(index=False)))
-        paths.append(write_text_atomic(stem.with_suffix(".md"),
+        paths.append(_write(stem.with_suffix(".csv"), _csv_table(table).to_csv(index=False)))
+        paths.append(_write(stem.with_suffix(".md"),
                                        kendall_caption(table, gap) + "\n\n" + kendall_markdown(table)))
-        paths.append(write_text_atomic(stem.with_suffix(".tex"), kendall_latex(table, gap)))
+        paths.append(_write(stem.with_suffix(".tex"), kendall_latex(table, gap)))
     written = {p.name for p in paths}
     for old in out_dir.glob("kendall_width*.*"):
         if old.name not in written and old.suffix in (".csv", ".md", ".tex"):

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="directory holding the dataset files, if not digits")
     _add_common(p)
 
-    p = sub.add_parser("analyze", help="Kendall tau, granulated psi/Psi, CMI; tables, plots and the report")
+    p = sub.add_parser("analyze", help="Kendall tau, granulated psi/Psi, CMI, sign-error; reliability and paired "
+                                          "comparisons (seeds as replicates); tables, plots and the report")
     p.add_argument("--zoo", required=True, help="zoo directory with models.csv and measures.csv")
     p.add_argument("--gap", default=None, choices=("gap_loss", "gap_acc"),
                    help="gap_loss = test CE - train CE (the paper's, default); gap_acc = train acc - test acc")

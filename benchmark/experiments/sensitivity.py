@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.correlations import select_models
-from analysis.stats import bootstrap_ci, granulated_kendall, kendall_tau
+from analysis.bootstrap import bootstrap_ci
+from analysis.selection import select_models
+from analysis.stats import granulated_kendall, kendall_tau
 from measures.compute import evaluate_measures, load_run, make_context
 from measures.context import MeasureOptions
 from zoo.errors import BadValueError

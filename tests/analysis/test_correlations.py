@@ -8,8 +8,11 @@ import pandas as pd
 import pytest
 
 from analysis import correlations as correlations_module
-from analysis.correlations import CORRELATION_COLUMNS, correlation_table, select_models
-from analysis.stats import bootstrap_ci, conditional_mi, granulated_kendall, kendall_tau
+from analysis.bootstrap import draw_multiplicities, percentile_interval, resample_replicates
+from analysis.correlations import CORRELATION_COLUMNS, GAP, MU, correlation_table, measure_correlations
+from analysis.selection import configuration_codes, select_models
+from analysis.sign_error import SIGN_ERROR_STATISTICS
+from analysis.stats import conditional_mi, granulated_kendall, kendall_tau
 
 WIDTHS = (16, 32)
 VARIANTS = ("crate", "crate-c", "crate-n", "crate-t")
@@ -62,11 +65,13 @@ def test_docstring_examples_run():
 
 def test_long_form_columns_and_rows(table):
     assert list(table.columns) == CORRELATION_COLUMNS
-    # per width and measure: tau, psi x 3 varied axes, Psi, cmi
-    assert len(table) == 2 * 5 * 6
+    # per width and measure: tau, psi x 3 varied axes, Psi, cmi, then 3 sign-error statistics x (3 axes + all)
+    assert len(table) == 2 * 5 * (6 + 3 * 4)
     rows = table.loc[(table["width"] == 16) & (table["measure"] == "same")]
-    assert list(rows["statistic"]) == ["tau", "psi", "psi", "psi", "Psi", "cmi"]
-    assert list(rows["axis"]) == ["all", "variant", "lr", "batch_size", "all", "all"]
+    assert list(rows["statistic"])[:6] == ["tau", "psi", "psi", "psi", "Psi", "cmi"]
+    assert list(rows["axis"])[:6] == ["all", "variant", "lr", "batch_size", "all", "all"]
+    assert list(rows["statistic"])[6:] == list(SIGN_ERROR_STATISTICS) * 4
+    assert list(rows["axis"])[6::3] == ["variant", "lr", "batch_size", "all"]
     assert set(table["n_models"]) == {24}
 
 
@@ -176,35 +181,66 @@ def test_interval_contains_the_value(table):
             assert row["ci_low"] < row["ci_high"]
 
 
-def test_weighted_bootstrap_equals_bootstrap_ci_on_the_same_resamples(zoo):
-    """The fast multiplicity form gives stats.bootstrap_ci's intervals (same seed, same resamples), with ties,
-    an infinite value, a NaN and a constant measure in play."""
+def _replicated_zoo(zoo):
+    """Width 16 of the synthetic zoo with 2 seeds per configuration, 3 models dropped (uneven seeds), ties, an
+    infinite value and a NaN in play."""
     models, measures = zoo
-    # two seeds (one per pair of variants), held apart inside the ψ groups
-    models = models.assign(seed=(np.arange(len(models)) // 6) % 2)
-    measures = measures.assign(tied=np.round(measures["noisy"]), constant=1.0)
+    rng = np.random.default_rng(5)
+    models = models.loc[models["width"] == 16]
+    models = pd.concat([models.assign(seed=0), models.assign(seed=1, run_id=models["run_id"] + "s1")],
+                       ignore_index=True).drop(index=[1, 7, 30]).reset_index(drop=True)
+    models["gap_loss"] = rng.permutation(len(models)) / 10.0
+    measures = pd.DataFrame({"run_id": models["run_id"], "noisy": models["gap_loss"] + rng.normal(size=len(models)),
+                             "constant": 1.0})
+    measures["tied"] = np.round(measures["noisy"])
     measures.loc[3, "tied"] = np.inf
     measures.loc[5, "noisy"] = np.nan
-    names = ["run_id", "noisy", "tied", "constant"]
-    fast = correlation_table(models, measures[names], n_boot=30, seed=3)
-    reference = correlation_table(models, measures[names], n_boot=30, seed=3, bootstrap="resample")
-    pd.testing.assert_frame_equal(fast, reference, check_exact=False, atol=1e-12, rtol=0)
-    # not vacuous: every statistic of the non-constant measures has an interval
-    assert fast.loc[fast["measure"] != "constant", "ci_low"].notna().all()
+    return models, measures
 
-    # and the reference really is bootstrap_ci with the statistics of analysis.stats
-    frame = models.loc[models["width"] == 16].reset_index(drop=True).assign(
-        mu=measures.loc[models["width"] == 16, "tied"].to_numpy())
-    row = value(reference, "tied", "tau", 16)
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
-        bootstrap_ci(frame, lambda d: kendall_tau(d["mu"], d["gap_loss"]), n_boot=30, seed=3))
-    row = value(reference, "tied", "psi", 16, "lr")
-    axes = ["variant", "lr", "batch_size"]
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
-        bootstrap_ci(frame, lambda d: granulated_kendall(d, "mu", "gap_loss", axes).psi["lr"], n_boot=30, seed=3))
-    row = value(reference, "tied", "cmi", 16)
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(
-        bootstrap_ci(frame, lambda d: conditional_mi(d, "mu", "gap_loss", axes), n_boot=30, seed=3))
+
+def test_fast_replicates_equal_the_statistics_on_explicit_resamples(zoo):
+    """The quadratic forms give, resample by resample, what analysis.stats computes on the explicit resampled
+    table (hierarchical resamples: configurations, then seeds)."""
+    models, measures = _replicated_zoo(zoo)
+    axes = ("variant", "lr", "batch_size")
+    frame = models[[*axes, "seed"]].assign(**{GAP: models["gap_loss"], MU: measures["tied"]})
+    counts = draw_multiplicities(25, 3, configuration_codes(models, axes))
+    assert len(set(counts.sum(axis=1))) > 1  # configurations of 1 and 2 seeds: resample sizes vary
+    fast = correlations_module._replicates(frame, counts, counts, axes, ("seed",))
+
+    def check(key, fn):
+        reference = resample_replicates(frame, fn, counts)
+        assert np.isfinite(reference).sum() >= 20, key  # not vacuous
+        np.testing.assert_allclose(fast[key], reference, atol=1e-12, rtol=0, err_msg=key)
+
+    check("tau", lambda d: kendall_tau(d[MU], d[GAP]))
+    for axis in axes:
+        check(f"psi:{axis}", lambda d, axis=axis: granulated_kendall(d, MU, GAP, axes).psi[axis])
+    check("Psi", lambda d: granulated_kendall(d, MU, GAP, axes).Psi)
+    check("cmi", lambda d: conditional_mi(d, MU, GAP, axes))
+
+
+def test_table_intervals_come_from_the_hierarchical_resamples(zoo):
+    models, measures = _replicated_zoo(zoo)
+    result = measure_correlations(models, measures, n_boot=30, seed=3)
+    table = result.table
+    assert table.attrs["settings"]["bootstrap"][16].startswith("hierarchical")
+    axes = ("variant", "lr", "batch_size")
+    counts = draw_multiplicities(30, 3, configuration_codes(models, axes))
+    keep = measures["noisy"].notna().to_numpy()
+    frame = models.loc[keep, [*axes, "seed"]].reset_index(drop=True).assign(
+        **{GAP: models.loc[keep, "gap_loss"].to_numpy(), MU: measures.loc[keep, "noisy"].to_numpy()})
+    # every measure sees the same resamples: the width's vectors restricted to its models
+    reference = resample_replicates(frame, lambda d: kendall_tau(d[MU], d[GAP]), counts[:, keep])
+    row = value(table, "noisy", "tau")
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(percentile_interval(reference))
+    np.testing.assert_allclose(result.replicates[16]["noisy"]["tau"], reference, atol=1e-12)
+    # the constant measure has no τ anywhere, so no interval
+    assert np.isnan(value(table, "constant", "tau")["ci_low"])
+
+
+def test_one_seed_per_configuration_resamples_models(table):
+    assert table.attrs["settings"]["bootstrap"] == {16: correlations_module.PLAIN, 32: correlations_module.PLAIN}
 
 
 def test_fewer_cmi_resamples_and_none(zoo):
@@ -218,7 +254,7 @@ def test_bad_arguments_are_named(zoo):
     models, measures = zoo
     with pytest.raises(KeyError, match="dropout_rate"):
         correlation_table(models, measures, axes=["dropout_rate"])
-    with pytest.raises(ValueError, match="bootstrap"):
-        correlation_table(models, measures, bootstrap="jackknife")
+    with pytest.raises(ValueError, match="n_boot"):
+        correlation_table(models, measures, n_boot=0)
     with pytest.raises(ValueError, match="more than once"):
         correlation_table(models, pd.concat([measures, measures.iloc[:1]]))

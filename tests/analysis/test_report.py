@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.correlations import analyze_zoo
+from analysis.zoo_files import analyze_zoo
 from analysis.report import Bullets, Code, Heading, Paragraph, Table, render_html, render_markdown
 
 PROFILE = """# a test profile
@@ -92,10 +92,11 @@ def psi_column(markdown_table: str) -> list[float]:
 
 def test_every_file_is_written(analysed):
     directory, result, _ = analysed
-    expected = ["correlations.csv", "analysis_summary.json", "report.md", "report.html"]
+    expected = ["correlations.csv", "comparisons.csv", "analysis_summary.json", "report.md", "report.html"]
     expected += [f"tables/kendall_width{w}.{ext}" for w in (16, 32) for ext in ("csv", "md", "tex")]
     stems = ["scatter_srr", "scatter_fro_dist_", "scatter_log-prod-over-margin", "scatter_grid",
              "psi_heatmap_width16", "psi_heatmap_width32", "layerwise_srr", "training_curves"]
+    stems += [f"comparisons_{s}_width{w}" for s in ("Psi", "tau") for w in (16, 32)]
     expected += [f"plots/{stem}.{ext}" for stem in stems for ext in ("png", "pdf")]
     for name in expected:
         assert (directory / name).is_file(), name
@@ -104,6 +105,27 @@ def test_every_file_is_written(analysed):
     assert sorted(p.name for p in result["plots"]) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
     assert result["skipped"] == {}
     assert not list(directory.rglob(".*.tmp")), "a temporary file was left behind"
+    # one seed per configuration: no reliability to measure, and the report says so first
+    assert result["reliability"] is None and not (directory / "reliability.csv").exists()
+    report = (directory / "report.md").read_text()
+    assert report.index("## Reliability of this study") < report.index("## Zoo summary")
+    assert "cannot measure its own noise" in report
+
+
+def test_comparisons_csv_holds_every_pair_of_each_width_and_statistic(analysed):
+    directory, _, _ = analysed
+    comparisons = pd.read_csv(directory / "comparisons.csv")
+    assert list(comparisons.columns[:8]) == ["width", "measure_a", "measure_b", "statistic", "diff", "ci_low",
+                                             "ci_high", "resolved"]
+    assert len(comparisons) == 2 * 2 * 3  # widths x (Psi, tau) x pairs of 3 measures
+    resolved = comparisons["resolved"].astype(bool)
+    excludes_zero = (comparisons["ci_low"] > 0) | (comparisons["ci_high"] < 0)
+    assert (resolved == excludes_zero).all()
+    correlations = pd.read_csv(directory / "correlations.csv")
+    row = comparisons.iloc[0]
+    point = correlations.loc[(correlations["width"] == row["width"]) & (correlations["axis"] == "all")
+                             & (correlations["statistic"] == row["statistic"])].set_index("measure")["value"]
+    assert row["diff"] == pytest.approx(point[row["measure_a"]] - point[row["measure_b"]])
 
 
 def test_correlations_csv_is_the_long_table(analysed):
@@ -184,7 +206,26 @@ def test_rerun_without_optional_inputs_skips_those_plots_and_says_so(analysed, t
     for log in directory.glob("runs/*/log.csv"):
         log.unlink()
 
+    # a second seed of every model (gap and measures shifted a little), and a path-norm measure to compare SRR with
+    models = pd.read_csv(directory / "models.csv")
+    second = models.assign(run_id=models["run_id"] + "s1", seed=1, gap_loss=models["gap_loss"] + 0.01)
+    pd.concat([models, second]).to_csv(directory / "models.csv", index=False)
+    measures = pd.read_csv(directory / "measures.csv")
+    pd.concat([measures, measures.assign(run_id=measures["run_id"] + "s1", srr=measures["srr"] * 1.1)]
+              ).to_csv(directory / "measures.csv", index=False)
+    info = pd.read_csv(directory / "measures_info.csv")
+    info.loc[info["measure"] == "fro_dist%", "family"] = "path-norm"
+    info.to_csv(directory / "measures_info.csv", index=False)
+
     result = analyze_zoo(directory, n_boot=10, log=None)
+    reliability = pd.read_csv(result["reliability"])
+    assert list(reliability["width"]) == [16, 32] and set(reliability["n_seeds"]) == {2}
+    # both seeds order the configurations alike (gap + 0.01, measures scaled): replicates agree perfectly
+    assert np.allclose(reliability["gap_tau"], 1.0) and np.allclose(reliability["ranking_tau_Psi"], 1.0)
+    report = (directory / "report.md").read_text()
+    assert report.index("## Reliability of this study") < report.index("## Zoo summary")
+    assert "| 16 | 16 | 8 | 2 |" in report and "hierarchical" in report
+    assert re.search(r"width 16: srr − fro_dist%: ΔΨ = [-+]\d\.\d{3} \[", report)
     assert not (directory / "layerwise.csv").exists()
     assert set(result["skipped"]) == {"layerwise_srr", "training_curves"}
     # the rerun replaced the report and removed the figures it no longer makes

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from analysis import stats
-from analysis.stats import bootstrap_ci, conditional_mi, conditional_mi_detail, granulated_kendall, kendall_tau
+from analysis.stats import conditional_mi, conditional_mi_detail, granulated_kendall, kendall_tau
 
 
 def test_docstring_examples_run():
@@ -212,28 +212,13 @@ def test_cmi_nan_when_nothing_to_score():
         conditional_mi(df, "mu", "gap", axes=["h"], max_conditioning=-1)
 
 
-# --- bootstrap -----------------------------------------------------------------------------------------------------
-
-def _tau_of(table):
-    return kendall_tau(table["mu"], table["gap"])
-
-
-def test_bootstrap_contains_estimate_and_is_deterministic():
-    rng = np.random.default_rng(4)
-    df = pd.DataFrame({"mu": rng.normal(size=60)})
-    df["gap"] = df["mu"] + 0.3 * rng.normal(size=60)
-    low, high = bootstrap_ci(df, _tau_of, n_boot=200, seed=11)
-    assert low <= _tau_of(df) <= high and 0.5 < low < high <= 1.0
-    assert bootstrap_ci(df, _tau_of, n_boot=200, seed=11) == (low, high)
-    assert bootstrap_ci(df, _tau_of, n_boot=200, seed=12) != (low, high)
-
-
-def test_bootstrap_ignores_nan_replicates_and_gives_nan_when_too_few():
-    df = pd.DataFrame({"mu": np.arange(20.0), "gap": np.arange(20.0)})
-    calls = iter(range(10**6))
-    every_other_nan = lambda table: math.nan if next(calls) % 2 else _tau_of(table)  # noqa: E731
-    assert bootstrap_ci(df, every_other_nan, n_boot=40) == (1.0, 1.0)
-    low, high = bootstrap_ci(df, lambda table: math.nan, n_boot=40)
-    assert math.isnan(low) and math.isnan(high)
-    with pytest.raises(ValueError, match="level"):
-        bootstrap_ci(df, _tau_of, level=95)
+def test_psi_is_averaged_within_each_seed_then_over_seeds():
+    # seed 0: lr groups at bs a and b both agree (τ = 1, 1); seed 1: only bs a is a usable group and disagrees
+    # (τ = −1). ψ_lr = mean(mean(1, 1), −1) = 0, not the mean over the three groups, 1/3.
+    df = pd.DataFrame({"lr": [1, 2, 1, 2, 1, 2, 1], "bs": ["a", "a", "b", "b", "a", "a", "b"],
+                       "seed": [0, 0, 0, 0, 1, 1, 1], "gap": [1.0, 2, 3, 4, 1, 2, 3], "mu": [1.0, 2, 3, 4, 2, 1, 3]})
+    result = granulated_kendall(df, "mu", "gap", axes=["lr", "bs"])
+    assert result.psi["lr"] == pytest.approx(0.0)
+    assert result.per_axis["lr"].n_groups == 3
+    # without the seed held fixed it is one group per bs over both seeds
+    assert granulated_kendall(df, "mu", "gap", axes=["lr", "bs"], fixed=()).per_axis["lr"].n_groups == 2

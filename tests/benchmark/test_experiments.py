@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.correlations import select_models
+from analysis.selection import select_models
 from analysis.stats import kendall_tau
 from benchmark.experiments import EXPERIMENTS, ascent, layerwise, regularize, sensitivity, variants
 from benchmark.experiments.artifacts import torch_threads
