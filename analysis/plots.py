@@ -31,11 +31,6 @@ from zoo.store import atomic_write_bytes
 from .selection import select_models
 from .tables import kendall_table
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 __all__ = [
     "GAP_LABELS",
     "PlotResult",
@@ -48,7 +43,6 @@ __all__ = [
     "plot_comparison_matrix",
     "plot_layerwise_srr",
     "plot_training_curves",
-    "target_ce_from_profile",
     "write_plots",
 ]
 
@@ -335,8 +329,10 @@ def plot_training_curves(logs: pd.DataFrame, variants: dict[str, str], target_ce
         axes = fig.subplots(1, 2, sharey=True)
         for ax, column, name in zip(axes, ("train_loss", "test_loss"), ("train", "test")):
             for run_id, run in logs.groupby("run_id", sort=True):
-                values = run[column].astype(float).where(lambda v: np.isfinite(v) & (v > 0))
-                ax.plot(run["epoch"], values, color=palette[run["variant"].iloc[0]], linewidth=0.8, alpha=0.6)
+                values = run[column].astype(float)
+                kept = np.isfinite(values) & (values > 0)   # epochs the trainer did not evaluate are NaN in log.csv
+                ax.plot(run["epoch"][kept], values[kept], color=palette[run["variant"].iloc[0]], linewidth=0.8,
+                        alpha=0.6)
             ax.set_yscale("log")
             ax.set_xlabel("epoch")
             ax.set_title(f"{name} cross-entropy per epoch")
@@ -350,17 +346,6 @@ def plot_training_curves(logs: pd.DataFrame, variants: dict[str, str], target_ce
         fig.legend(handles=handles, loc="outside right upper", frameon=False, title="variant")
         fig.suptitle(f"Training curves ({logs['run_id'].nunique()} runs)", fontsize=11)
     return fig
-
-
-def target_ce_from_profile(profile_text: str | None, default: float = 0.01) -> float:
-    """``[train].target_ce`` of a profile's TOML text; ``default`` when absent or unreadable."""
-    if not profile_text:
-        return default
-    try:
-        value = tomllib.loads(profile_text).get("train", {}).get("target_ce", default)
-        return float(value)
-    except (tomllib.TOMLDecodeError, TypeError, ValueError, AttributeError):
-        return default
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -446,7 +431,7 @@ def write_plots(data, correlations: pd.DataFrame, out_dir: str | Path, gap: str 
         result.skipped["training_curves"] = "the runs' log.csv lack epoch, train_loss or test_loss"
     else:
         variants = dict(zip(data.models["run_id"].astype(str), data.models["variant"].astype(str)))
-        fig = plot_training_curves(logs, variants, target_ce_from_profile(data.profile_text), palette)
+        fig = plot_training_curves(logs, variants, data.target_ce, palette)
         result.files["training_curves"] = save_figure(fig, out_dir / "training_curves")
 
     written = {p.name for p in result.paths}

@@ -17,7 +17,7 @@ import pandas as pd
 
 from zoo.store import atomic_write_text
 
-from .plots import GAP_LABELS, PlotResult, measure_filename, target_ce_from_profile
+from .plots import GAP_LABELS, PlotResult, measure_filename
 from .selection import select_models
 from .tables import kendall_caption, kendall_html, kendall_markdown
 
@@ -203,11 +203,11 @@ def _summary_blocks(data, correlations: pd.DataFrame, gap: str) -> list:
     include_unreached = settings.get("include_unreached", False)
     by_status = counts.get("by_status", {})
     excluded = {k: v for k, v in counts.get("excluded", {}).items() if v}
-    target = target_ce_from_profile(data.profile_text)
+    target = "the target" if data.target_ce is None else f"{data.target_ce:g}"
     items = [
         f"Models in the zoo: **{counts.get('total', len(data.models))}** "
         f"({', '.join(f'{s}: {n}' for s, n in by_status.items()) or 'none'}).",
-        f"Finished runs that reached the CE target (train CE ≤ {target:g}): **{counts.get('reached_target', 0)}**.",
+        f"Finished runs that reached the CE target (train CE ≤ {target}): **{counts.get('reached_target', 0)}**.",
         f"Excluded from the analysis: **{sum(excluded.values())}**"
         + (f" ({_counts_text(excluded)})." if excluded else ".")
         + ("" if not include_unreached else " Runs that missed the target are included (include_unreached)."),

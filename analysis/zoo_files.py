@@ -34,6 +34,7 @@ class ZooData:
     info: pd.DataFrame | None = None           # measures_info.csv
     options: dict | None = None                # measures_options.json
     profile_text: str | None = None            # profile.toml, verbatim
+    target_ce: float | None = None             # the runs' training-CE target (runs/*/config.json), if one for all
     layerwise: pd.DataFrame | None = None      # layerwise.csv
     logs: pd.DataFrame | None = None           # runs/*/log.csv stacked, with a run_id column
     notes: list[str] = field(default_factory=list)  # what was missing or unreadable, one line each
@@ -52,6 +53,17 @@ def _read_logs(directory: Path) -> pd.DataFrame | None:
         if len(log):
             frames.append(log.assign(run_id=path.parent.name))
     return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _read_target_ce(directory: Path) -> float | None:
+    """The ``train.target_ce`` that every run's config.json records, or None (no runs, or several targets)."""
+    targets = set()
+    for path in (directory / "runs").glob("*/config.json"):
+        try:
+            targets.add(float(json.loads(path.read_text())["train"]["target_ce"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue   # a foreign or corrupt config is the run store's business (srrbench check)
+    return targets.pop() if len(targets) == 1 else None
 
 
 def read_zoo(zoo_dir: str | Path) -> ZooData:
@@ -82,6 +94,7 @@ def read_zoo(zoo_dir: str | Path) -> ZooData:
     if (directory / "layerwise.csv").exists():
         data.layerwise = pd.read_csv(directory / "layerwise.csv")
     data.logs = _read_logs(directory)
+    data.target_ce = _read_target_ce(directory)
     return data
 
 

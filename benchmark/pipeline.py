@@ -112,7 +112,8 @@ def run_pipeline(profile_name: str, out: Path, workers: int = 1, scheduler: str 
     t = time.perf_counter()
     measures_stage(out, workers=workers, data_dir=data_dir, progress=progress, log=log)
     timings["measures"] = time.perf_counter() - t
-    log("[3/3] analysis: Kendall tau, granulated Psi, CMI, tables, plots, report")
+    log("[3/3] analysis: reliability, Kendall tau, granulated Psi, CMI, sign-error, paired comparisons, tables, "
+        "plots, report")
     t = time.perf_counter()
     paths = analysis_stage(out, gap=gap, log=log)
     timings["analysis"] = time.perf_counter() - t

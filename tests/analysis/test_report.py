@@ -55,6 +55,9 @@ def make_zoo(directory, with_optional=True):
                   "version": [1, 1, 1]}).to_csv(directory / "measures_info.csv", index=False)
     (directory / "measures_options.json").write_text(json.dumps({"eps2": 0.5, "n_samples": 64}))
     (directory / "profile.toml").write_text(PROFILE)
+    for run_id in models["run_id"]:        # the report reads the CE target from the runs' configs
+        (directory / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+        (directory / "runs" / run_id / "config.json").write_text(json.dumps({"train": {"target_ce": 0.02}}))
     if with_optional:
         layerwise = [{"run_id": r["run_id"], "variant": r["variant"], "epoch": e, "layer": layer,
                       "srr": 10 - layer - e / 5, "sparsity": 5.0, "rc": 2.0, "r": 3.0}
@@ -62,7 +65,7 @@ def make_zoo(directory, with_optional=True):
         pd.DataFrame(layerwise).to_csv(directory / "layerwise.csv", index=False)
         for run_id in ("run00", "run02"):
             run_dir = directory / "runs" / run_id
-            run_dir.mkdir(parents=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
             epoch = np.arange(1, 11)
             train = 2.0 * np.exp(-epoch / 2)
             pd.DataFrame({"epoch": epoch, "step": epoch * 10, "lr": 1e-3, "seconds": epoch * 0.1,
