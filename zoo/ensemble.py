@@ -177,6 +177,9 @@ def evaluate_members(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.T
 # the logits can move it (the probe computes them in a smaller batch). Epochs decided this way record no train CE.
 PROBE_IMAGES = 128
 BOUND_SAFETY = 1.01
+# Jiang et al.'s optimisation measures read the first epoch at these training CEs from log.csv (steps-to-ce-0.1):
+# until a run has reached one, a bound may only skip the full pass when it is above that CE too.
+CE_MILESTONES = (0.1,)
 NOT_EVALUATED = (float("nan"), float("nan"))   # (loss, accuracy) in log.csv where a set was not evaluated
 
 
@@ -188,17 +191,28 @@ def member_rows(params: dict, rows: list[int]) -> dict:
     return {name: value.detach()[index] for name, value in params.items()}
 
 
+def decisive_ce(history: list[dict], target_ce: float) -> float:
+    """The training CE a member's next evaluation must be compared with: the largest milestone above the target
+    that its log has not reached yet, else the target.
+
+    >>> decisive_ce([{"train_loss": 0.5}], 0.01), decisive_ce([{"train_loss": 0.5}, {"train_loss": 0.09}], 0.01)
+    (0.1, 0.01)
+    """
+    pending = [t for t in CE_MILESTONES if t > target_ce and not any(r["train_loss"] <= t for r in history)]
+    return max(pending, default=target_ce)
+
+
 def evaluate_train_set(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                       target_ce: float, full: list[bool]) -> list[tuple[float, float] | None]:
-    """Per member, ``evaluate_members``'s (train CE, accuracy), or None where the CE is proved above
-    ``target_ce`` by the lower bound on the first ``PROBE_IMAGES`` images; ``full[e]`` forces the full pass.
-    A non-finite bound is never trusted: that member gets the full pass (and its non-finite CE)."""
+                       thresholds: list[float], full: list[bool]) -> list[tuple[float, float] | None]:
+    """Per member, ``evaluate_members``'s (train CE, accuracy), or None where the CE is proved above the member's
+    threshold (``decisive_ce``) by the lower bound on the first ``PROBE_IMAGES`` images; ``full[e]`` forces the
+    full pass. A non-finite bound is never trusted: that member gets the full pass (and its non-finite CE)."""
     rows = list(range(len(full)))
     if len(x) > PROBE_IMAGES:
         probe = evaluate_members(cfg, params, x[:PROBE_IMAGES], y[:PROBE_IMAGES], batch_size)
         bounds = [loss * PROBE_IMAGES / len(x) for loss, _ in probe]
         rows = [row for row in rows if full[row] or not (math.isfinite(bounds[row])
-                                                         and bounds[row] > target_ce * BOUND_SAFETY)]
+                                                         and bounds[row] > thresholds[row] * BOUND_SAFETY)]
     out: list[tuple[float, float] | None] = [None] * len(full)
     if rows:
         for row, result in zip(rows, evaluate_members(cfg, member_rows(params, rows), x, y, batch_size)):
@@ -315,7 +329,8 @@ def train_ensemble(models: list[CRATE], names: list[str], train_cfgs: list[Train
         # the training set is evaluated in full only where it may decide the stop (see evaluate_train_set) and at
         # the epochs that are kept (checkpoints, the last); the test set only at those
         train_eval = evaluate_train_set(model_cfg, stack.params, x_train, y_train, base.eval_batch_size,
-                                        base.target_ce, full=[kept_epoch(members[e]) for e in active])
+                                        [decisive_ce(members[e].history, base.target_ce) for e in active],
+                                        full=[kept_epoch(members[e]) for e in active])
         stopping = [members[e].status != "diverged" and result is not None
                     and (not math.isfinite(result[0]) or result[0] <= base.target_ce
                          or members[e].epoch >= base.max_epochs)

@@ -8,7 +8,7 @@ from benchmark.profiles import parse_profile
 from tests.tiny_profile import runs_of
 from zoo import ensemble
 from zoo.data import load_dataset
-from zoo.ensemble import (BOUND_SAFETY, STATE_FORMAT, FlatParameters, ensemble_key, evaluate_members,
+from zoo.ensemble import (BOUND_SAFETY, STATE_FORMAT, FlatParameters, decisive_ce, ensemble_key, evaluate_members,
                           evaluate_train_set, train_ensemble)
 from zoo.models import CRATE, ModelConfig
 from zoo.stacked import stacked_logits
@@ -167,9 +167,20 @@ def test_the_probe_bounds_the_train_ce_from_below_with_the_full_passs_logits(dat
             assert torch.equal(stacked_logits(models[0].config, stack.params, x[:k]), logits[:, :k])
     y = load_dataset("digits", n_train=600).y_train
     exact = evaluate_members(models[0].config, stack.params, x, y, 1024)
-    assert evaluate_train_set(models[0].config, stack.params, x, y, 1024, 0.3, [False, True, False]) == \
+    assert evaluate_train_set(models[0].config, stack.params, x, y, 1024, [0.3] * 3, [False, True, False]) == \
         [None, exact[1], None]                                 # CE ~2.3: 128 images prove it above 0.3, unless forced
-    assert evaluate_train_set(models[0].config, stack.params, x, y, 1024, 0.6, [False] * 3) == exact   # 2.3*128/600<0.6
+    assert evaluate_train_set(models[0].config, stack.params, x, y, 1024, [0.6] * 3, [False] * 3) == exact  # 2.3*128/600<0.6
+    assert evaluate_train_set(models[0].config, stack.params, x, y, 1024, [0.3, 0.6, 0.3], [False] * 3) == \
+        [None, exact[1], None]                                 # each member against its own threshold
+
+
+def test_the_first_epoch_at_each_ce_milestone_is_evaluated_in_full():
+    # steps-to-ce-0.1 reads the first epoch with train CE <= 0.1 from log.csv: until a run has logged one, the
+    # bound must prove CE > 0.1, not only CE > the target, to skip the full pass
+    assert decisive_ce([], 0.01) == 0.1
+    assert decisive_ce([{"train_loss": 0.4}, {"train_loss": float("nan")}], 0.01) == 0.1
+    assert decisive_ce([{"train_loss": 0.4}, {"train_loss": 0.1}], 0.01) == 0.01   # reached: the target decides
+    assert decisive_ce([], 0.2) == 0.2                         # a milestone below the target never decides
 
 
 # --- stopping and divergence -----------------------------------------------------------------------------------
