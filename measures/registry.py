@@ -25,8 +25,6 @@ import types
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Measure:

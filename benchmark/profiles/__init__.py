@@ -11,7 +11,7 @@ itself only ever sees the list of run configurations (``Profile.runs``).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from measures import MeasureOptions, resolve_names
