@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo import MissingInputError, UnknownNameError, UsageError, build_zoo
-from zoo.runner import ENSEMBLE_SIZE, dataset_shape
-from zoo.store import atomic_write_text
+from zoo import BadValueError, MissingInputError, ModelConfig, UnknownNameError, UsageError, build_zoo
+from zoo.runner import ENSEMBLE_SIZE, cached_dataset, dataset_shape
 
 from .profiles import AnalysisSettings, Profile, builtin_profiles, resolve_profile
 
@@ -26,7 +25,8 @@ def profiles_table() -> pd.DataFrame:
     for name in builtin_profiles():
         p = resolve_profile(name)
         rows.append({"profile": name, "dataset": p.data.dataset, "models": p.n_runs,
-                     "widths": ",".join(map(str, p.grid.get("width", ("32",)))), "estimate": p.estimate,
+                     "widths": ",".join(map(str, p.grid.get("width", (p.sections["model"].get("dim", ModelConfig.dim),)))),
+                     "estimate": p.estimate,
                      "description": p.description})
     return pd.DataFrame(rows)
 
@@ -40,13 +40,15 @@ def _profile_of(zoo_dir: Path):
 def zoo_stage(profile: Profile, out: Path, workers: int = 1, scheduler: str | None = None,
               data_dir: str | None = None, progress: bool = True, device: str = "cpu",
               ensemble_size: int = ENSEMBLE_SIZE, log=print) -> dict:
-    """Train the profile's runs into ``out``, with the profile's TOML stored beside them (profile.toml)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "profile.toml", profile.source or "")
+    """Train the profile's runs into ``out``, with the profile's TOML stored beside them (profile.toml).
+    Every dataset the runs use is loaded first, so a training-set size the data cannot give is one error before
+    anything is written."""
     runs = profile.runs(*dataset_shape(profile.data, data_dir))
-    return build_zoo(runs, out, name=profile.name, workers=workers, scheduler=scheduler, data_dir=data_dir,
-                     progress=progress, device=device, ensemble_size=ensemble_size, log=log)
+    for data in dict.fromkeys(run.data for run in runs):
+        cached_dataset(data, data_dir)
+    return build_zoo(runs, Path(out), name=profile.name, workers=workers, scheduler=scheduler, data_dir=data_dir,
+                     progress=progress, device=device, ensemble_size=ensemble_size,
+                     files={"profile.toml": profile.source or ""}, log=log)
 
 
 def measure_settings(profile) -> tuple[list[str] | None, dict]:
@@ -89,12 +91,14 @@ def measures_stage(zoo_dir: Path, names=None, workers: int = 1, data_dir: str | 
 def analysis_stage(zoo_dir: Path, gap: str | None = None, include_unreached: bool = False,
                    n_boot: int | None = None, log=print) -> dict:
     from analysis import analyze_zoo
+    if n_boot is not None and n_boot < 1:
+        raise BadValueError(f"--n-boot must be a positive number of bootstrap resamples, got {n_boot}")
     require_files(zoo_dir, {"models.csv": f"build the zoo first (srrbench zoo --out {zoo_dir})",
                             "measures.csv": f"compute the measures first (srrbench measures --zoo {zoo_dir})"})
     profile = _profile_of(zoo_dir)
     settings = profile.analysis if profile else AnalysisSettings()
     return analyze_zoo(zoo_dir, gap=gap or settings.gap, include_unreached=include_unreached or settings.include_unreached,
-                       n_boot=n_boot or settings.n_boot, seed=settings.seed, log=log)
+                       n_boot=settings.n_boot if n_boot is None else n_boot, seed=settings.seed, log=log)
 
 
 def run_pipeline(profile_name: str, out: Path, workers: int = 1, scheduler: str | None = None,

@@ -177,9 +177,10 @@ def evaluate_members(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.T
 # the logits can move it (the probe computes them in a smaller batch). Epochs decided this way record no train CE.
 PROBE_IMAGES = 128
 BOUND_SAFETY = 1.01
-# Jiang et al.'s optimisation measures read the first epoch at these training CEs from log.csv (steps-to-ce-0.1):
-# until a run has reached one, a bound may only skip the full pass when it is above that CE too.
-CE_MILESTONES = (0.1,)
+# Jiang et al.'s optimisation measures read the first epoch at these training CEs from log.csv (steps-to-ce-0.1,
+# steps-ce-0.1-to-0.01): until a run has reached one, a bound may only skip the full pass when it is above that CE
+# too (a milestone at or below the target needs nothing: the target's epoch is always evaluated).
+CE_MILESTONES = (0.1, 0.01)
 NOT_EVALUATED = (float("nan"), float("nan"))   # (loss, accuracy) in log.csv where a set was not evaluated
 
 

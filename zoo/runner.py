@@ -180,9 +180,11 @@ def _prepare_member(cfg: RunConfig, model: CRATE, store: RunStore, log) -> dict 
 
 def build_zoo(runs: list[RunConfig], out: str | Path, *, name: str = "zoo", workers: int = 1,
               scheduler: str | None = None, data_dir: str | None = None, progress: bool = True,
-              device: str | None = "cpu", ensemble_size: int = ENSEMBLE_SIZE, log=print) -> dict:
+              device: str | None = "cpu", ensemble_size: int = ENSEMBLE_SIZE, files: dict | None = None,
+              log=print) -> dict:
     """Train every run of ``runs`` into ``out`` (``name`` labels the log lines); return a summary (counts by status,
-    wall time). models.csv lists ``runs`` in their order.
+    wall time). models.csv lists ``runs`` in their order; ``files`` (name -> text, e.g. the profile that made the
+    runs) are stored beside them once the settings are checked.
 
     ``device`` (cpu, cuda, auto) is where each run trains; it is not part of the runs' configs. Runs that differ
     only in lr, dropout and seed train together, up to ``ensemble_size`` at a time (1: one run at a time); the
@@ -193,6 +195,8 @@ def build_zoo(runs: list[RunConfig], out: str | Path, *, name: str = "zoo", work
         raise BadValueError(f"ensemble size must be a positive integer, got {ensemble_size!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for file_name, text in (files or {}).items():
+        atomic_write_text(out / file_name, text)
     store = RunStore(out)
     todo = [cfg for cfg in runs if not _admit(store, cfg, log)]
     groups = plan_groups(todo, ensemble_size, 1 if scheduler else workers)

@@ -176,7 +176,7 @@ def _grid(raw: dict, sections: dict) -> dict:
         values = grid[axis] if isinstance(grid[axis], list) else [grid[axis]]
         if not values:
             raise ValueError(f"grid.{axis} is empty")
-        if len(set(values)) != len(values):
+        if any(values.count(v) > 1 for v in values):   # values may be unhashable (a typo such as [[0.1]])
             raise ValueError(f"grid.{axis} repeats a value: {values}")
         out[axis] = tuple(values)
     return out

@@ -294,3 +294,10 @@ def test_user_errors_are_usage_errors_and_keep_their_builtin_type():
     assert issubclass(StoreError, RuntimeError) and issubclass(StoreError, UsageError)
     assert issubclass(MissingInputError, FileNotFoundError)
     assert str(UnknownNameError("unknown measure 'x'")) == "unknown measure 'x'"   # not KeyError's quoted repr
+
+
+def test_a_non_positive_n_boot_is_bad_input(tmp_path, capsys):
+    (tmp_path / "models.csv").write_text("run_id,status\n")
+    (tmp_path / "measures.csv").write_text("run_id\n")
+    code, _, err = run_cli(capsys, "analyze", "--zoo", str(tmp_path), "--n-boot", "-1")
+    assert_one_line_error(code, err, ["--n-boot", "-1"])

@@ -7,6 +7,7 @@ import pytest
 
 from benchmark.profiles import GRID_AXES, ProfileError, builtin_profiles, load_profile, parse_profile, resolve_profile
 from benchmark.pipeline import zoo_stage
+from zoo import UsageError
 from zoo.models import VARIANTS
 
 
@@ -197,3 +198,16 @@ def test_the_zoo_stage_stores_the_profile_beside_the_runs(tmp_path):
     summary = zoo_stage(profile, tmp_path, workers=1, progress=False, log=lambda *a: None)
     assert summary["done"] == profile.n_runs
     assert Path(tmp_path, "profile.toml").read_text() == profile.source   # `srrbench measures/analyze` read it
+
+
+def test_a_training_set_size_the_data_cannot_give_is_refused_before_anything_is_written(tmp_path):
+    raw = {"data": {"dataset": "digits"}, "model": {"patch_size": 4, "depth": 1, "heads": 2},
+           "grid": {"n_train": [150, 5000], "width": [8]}}
+    with pytest.raises(UsageError, match="n_train=5000"):
+        zoo_stage(parse_profile(raw), tmp_path / "out", progress=False, log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unhashable_grid_value_is_a_profile_error():
+    with pytest.raises(ProfileError, match="grid.lr"):
+        parse_profile(with_("grid.lr", [[0.1]]))

@@ -181,6 +181,7 @@ def test_the_first_epoch_at_each_ce_milestone_is_evaluated_in_full():
     assert decisive_ce([{"train_loss": 0.4}, {"train_loss": float("nan")}], 0.01) == 0.1
     assert decisive_ce([{"train_loss": 0.4}, {"train_loss": 0.1}], 0.01) == 0.01   # reached: the target decides
     assert decisive_ce([], 0.2) == 0.2                         # a milestone below the target never decides
+    assert decisive_ce([{"train_loss": 0.05}], 0.005) == 0.01   # then 0.01, for steps-ce-0.1-to-0.01
 
 
 # --- stopping and divergence -----------------------------------------------------------------------------------
