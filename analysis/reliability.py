@@ -7,6 +7,9 @@ Computed per width on zoos where some width has ≥ 2 seeds, from the models the
   seeds). 0: seeds never change the gap; 1: configurations do not matter, only seeds.
 - ``gap_tau``: Kendall τ-b between two seeds' gaps over the configurations that both trained, averaged over all
   pairs of seeds (the replicate correlation of the study's target).
+- ``ranking_tau_psi_<axis>`` (one column per varied axis, after the fixed columns): the same agreement for ψ of
+  that axis alone. It says which axes carry signal: Ψ averages the ψ's, so an axis whose ψ is seed noise (its
+  agreement near 0) makes the ranking by Ψ irreproducible however well the other axes resolve.
 - ``ranking_tau_Psi`` / ``ranking_tau_tau``: split the models by seed, compute Ψ (resp. τ) of every measure on
   each part, and take Kendall τ-b between two parts' values over the measures; mean over pairs of parts. 1: the
   seeds agree on which measure predicts best; near 0: the ranking of the measures is noise.
@@ -64,17 +67,22 @@ def ranking_agreement(parts: dict, values: pd.DataFrame) -> float:
 
 
 def _per_seed_statistics(base: pd.DataFrame, values: pd.DataFrame, axes: tuple[str, ...]) -> dict[str, pd.DataFrame]:
-    """Ψ and τ of every measure on each seed's models: two frames, measures × seeds."""
-    psi, tau = {}, {}
+    """Ψ, τ and each axis's ψ of every measure on each seed's models: frames of measures × seeds, keyed "Psi",
+    "tau" and "psi_<axis>"."""
+    out: dict[str, dict] = {"Psi": {}, "tau": {}, **{f"psi_{axis}": {} for axis in axes}}
     for seed_value, part in base.groupby(SEED, sort=True):
-        psi_col, tau_col = {}, {}
+        columns: dict[str, dict] = {key: {} for key in out}
         for measure in values.columns:
             frame = part.assign(**{MU: values.loc[part.index, measure].to_numpy()})
             frame = frame.loc[frame[MU].notna()]
-            psi_col[measure] = granulated_kendall(frame, MU, GAP, axes, fixed=()).Psi if axes else math.nan
-            tau_col[measure] = kendall_tau(frame[MU], frame[GAP])
-        psi[seed_value], tau[seed_value] = psi_col, tau_col
-    return {"Psi": pd.DataFrame(psi), "tau": pd.DataFrame(tau)}
+            granulated = granulated_kendall(frame, MU, GAP, axes, fixed=()) if axes else None
+            columns["Psi"][measure] = granulated.Psi if granulated else math.nan
+            columns["tau"][measure] = kendall_tau(frame[MU], frame[GAP])
+            for axis in axes:
+                columns[f"psi_{axis}"][measure] = granulated.per_axis[axis].psi
+        for key, column in columns.items():
+            out[key][seed_value] = column
+    return {key: pd.DataFrame(frame) for key, frame in out.items()}
 
 
 def reliability_table(data: AnalysisInput) -> pd.DataFrame:
@@ -94,5 +102,8 @@ def reliability_table(data: AnalysisInput) -> pd.DataFrame:
                      "gap_tau": replicate_gap_tau(base, GAP, CONFIG),
                      "ranking_tau_Psi": ranking_agreement(statistics["Psi"].columns, statistics["Psi"]),
                      "ranking_tau_tau": ranking_agreement(statistics["tau"].columns, statistics["tau"]),
-                     "n_measures": values.shape[1]})
-    return pd.DataFrame(rows, columns=RELIABILITY_COLUMNS)
+                     "n_measures": values.shape[1],
+                     **{f"ranking_tau_psi_{axis}": ranking_agreement(statistics[f"psi_{axis}"].columns,
+                                                                     statistics[f"psi_{axis}"]) for axis in varied}})
+    per_axis = sorted({key for row in rows for key in row} - set(RELIABILITY_COLUMNS))
+    return pd.DataFrame(rows, columns=RELIABILITY_COLUMNS + per_axis)

@@ -260,6 +260,14 @@ def _reliability_blocks(reliability: pd.DataFrame | None, settings: dict) -> lis
         Paragraph("Bootstrap: " + "; ".join(f"width {w}: {how}" for w, how in settings.get("bootstrap", {}).items())
                   + "."),
     ]
+    per_axis = [c for c in reliability.columns if c.startswith("ranking_tau_psi_")]
+    if per_axis:
+        blocks.append(Paragraph(
+            "Ranking agreement of each axis's ψ alone (which hyperparameters move the gap beyond seed noise; Ψ "
+            "averages them, so one noisy axis makes it irreproducible): " + "; ".join(
+                f"width {r['width']}: " + ", ".join(f"{c.removeprefix('ranking_tau_psi_')} "
+                                                    f"{_number(r[c], 2)}" for c in per_axis)
+                for r in reliability.to_dict("records")) + "."))
     return blocks
 
 

@@ -42,7 +42,8 @@ def test_seed_share_by_hand():
 
 def test_reliability_row_by_hand():
     table = reliability_table(analysis_input(*hand_zoo()))
-    assert list(table.columns) == RELIABILITY_COLUMNS and len(table) == 1
+    assert list(table.columns) == RELIABILITY_COLUMNS + ["ranking_tau_psi_batch_size", "ranking_tau_psi_lr"]
+    assert len(table) == 1
     row = table.iloc[0]
     assert (row["width"], row["n_models"], row["n_configurations"], row["n_seeds"], row["n_measures"]) == \
         (8, 8, 4, 2, 3)
@@ -53,6 +54,8 @@ def test_reliability_row_by_hand():
     # each side, so τ-b = 1 / sqrt(2 · 2)
     assert row["ranking_tau_tau"] == pytest.approx(0.5)
     assert row["ranking_tau_Psi"] == pytest.approx(0.5)
+    # each axis alone: ψ_lr and ψ_batch_size are ±1 per measure exactly like Ψ, so the same 0.5
+    assert row["ranking_tau_psi_lr"] == pytest.approx(0.5) and row["ranking_tau_psi_batch_size"] == pytest.approx(0.5)
 
 
 def test_one_seed_gives_no_rows():
