@@ -175,6 +175,8 @@ def evaluate_members(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.T
 # (sum of CE over the first PROBE_IMAGES) / n is a lower bound of the mean over all n, and a bound above the target
 # proves the run goes on. BOUND_SAFETY keeps a decision off the boundary by far more than the float32 rounding of
 # the logits can move it (the probe computes them in a smaller batch). Epochs decided this way record no train CE.
+# Divergence is caught by the weights' check every epoch; a skipped pass could only miss a non-finite CE of finite
+# weights (activations overflowing float32 beyond the probe images), which the next evaluated epoch then records.
 PROBE_IMAGES = 128
 BOUND_SAFETY = 1.01
 # Jiang et al.'s optimisation measures read the first epoch at these training CEs from log.csv (steps-to-ce-0.1,

@@ -61,6 +61,11 @@ class ModelConfig:
                 f"heads*dim_head = dim; got {self.heads}*{self.head_dim} = {self.heads * self.head_dim} != {self.dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("ista_step", "ista_lambda"):
+            if not 0.0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"model.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if self.temperature is not None and not 0.0 < self.temperature < float("inf"):
+            raise ValueError(f"model.temperature must be a finite positive number, got {self.temperature!r}")
         return self
 
 

@@ -40,6 +40,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "weight_decay", "target_ce", "label_smoothing"):   # nan passes every comparison below
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"train.{name} must be a finite number, got {getattr(self, name)!r}")
         if self.warmup_epochs < 0 or self.weight_decay < 0 or self.target_ce < 0:
             raise ValueError("train warmup_epochs, weight_decay and target_ce must be >= 0")
         if any(not isinstance(e, int) or e <= 0 for e in self.checkpoint_epochs):
