@@ -50,24 +50,35 @@ def sigma_search_sequential(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     n = len(x)
     with torch.no_grad():
         clean = int((work(x).argmax(-1) == y).sum())
-        lo, hi = 0.0, 2.0
-        for _ in range(search_steps):
-            sigma = (lo + hi) / 2
-            correct = 0
-            for draw_seed in seeds:   # the same draws at every σ (common random numbers)
-                g = torch.Generator().manual_seed(draw_seed)
-                for name, p in work.named_parameters():
-                    w = originals[name]
-                    std = sigma if magnitude_eps is None else torch.sqrt(sigma ** 2 * w ** 2 + magnitude_eps ** 2)
-                    p.copy_(w + std * torch.randn(w.shape, generator=g, dtype=w.dtype).to(w.device))
-                correct += int((work(x).argmax(-1) == y).sum())
-            drop = (mc_samples * clean - correct) / (mc_samples * n)
-            if abs(drop - target_drop) < search_tolerance:
-                return sigma
-            if drop > target_drop:
-                hi = sigma
-            else:
-                lo = sigma
+
+    @torch.no_grad()
+    def mean_drop(sigma: float) -> float:
+        correct = 0
+        for draw_seed in seeds:   # the same draws at every σ (common random numbers)
+            g = torch.Generator().manual_seed(draw_seed)
+            for name, p in work.named_parameters():
+                w = originals[name]
+                std = sigma if magnitude_eps is None else torch.sqrt(sigma ** 2 * w ** 2 + magnitude_eps ** 2)
+                p.copy_(w + std * torch.randn(w.shape, generator=g, dtype=w.dtype).to(w.device))
+            correct += int((work(x).argmax(-1) == y).sum())
+        return (mc_samples * clean - correct) / (mc_samples * n)
+
+    return _bisect(mean_drop, search_steps, target_drop, search_tolerance)
+
+
+def _bisect(drop_at, steps: int, target: float, tolerance: float) -> float:
+    """The port's bisection on [0, 2]: the first scale whose drop is within ``tolerance`` of ``target``, else the
+    midpoint of the last bracket (measure-formulas §8.4)."""
+    lo, hi = 0.0, 2.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        drop = drop_at(mid)
+        if abs(drop - target) < tolerance:
+            return mid
+        if drop > target:
+            hi = mid
+        else:
+            lo = mid
     return (lo + hi) / 2
 
 
@@ -113,14 +124,4 @@ def alpha_search_sequential(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                  for name, gr in zip(originals, grads)}
         return worst
 
-    lo, hi = 0.0, 2.0
-    for _ in range(search_steps):
-        alpha = (lo + hi) / 2
-        drop = worst_drop(alpha)
-        if abs(drop - target_drop) < search_tolerance:
-            return alpha
-        if drop > target_drop:
-            hi = alpha
-        else:
-            lo = alpha
-    return (lo + hi) / 2
+    return _bisect(worst_drop, search_steps, target_drop, search_tolerance)
