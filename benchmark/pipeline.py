@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo import BadValueError, MissingInputError, ModelConfig, UnknownNameError, UsageError, build_zoo
+from zoo import BadValueError, MissingInputError, ModelConfig, UsageError, build_zoo
 from zoo.runner import ENSEMBLE_SIZE, cached_dataset, dataset_shape
 
 from .profiles import AnalysisSettings, Profile, builtin_profiles, resolve_profile
@@ -25,7 +25,8 @@ def profiles_table() -> pd.DataFrame:
     for name in builtin_profiles():
         p = resolve_profile(name)
         rows.append({"profile": name, "dataset": p.data.dataset, "models": p.n_runs,
-                     "widths": ",".join(map(str, p.grid.get("width", (p.sections["model"].get("dim", ModelConfig.dim),)))),
+                     "widths": ",".join(map(str, p.grid.get("width", (p.sections["model"].get("dim",
+                                                                                              ModelConfig.dim),)))),
                      "estimate": p.estimate,
                      "description": p.description})
     return pd.DataFrame(rows)
@@ -65,20 +66,11 @@ def require_files(zoo_dir: Path, files: dict[str, str]) -> None:
             raise MissingInputError(f"{zoo_dir / name} not found: {hint}")
 
 
-def check_measure_names(names: list[str] | None) -> None:
-    """Names and patterns the user gave must match registered measures (UnknownNameError listing them)."""
-    from measures import resolve_names
-    try:
-        resolve_names(names)
-    except KeyError as err:   # the registry's only KeyError: a name or pattern that matches no measure
-        raise UnknownNameError(err.args[0] if err.args else str(err)) from None
-
-
 def measures_stage(zoo_dir: Path, names=None, workers: int = 1, data_dir: str | None = None,
                    progress: bool = True, log=print) -> pd.DataFrame:
-    from measures import compute_zoo
+    from measures import compute_zoo, resolve_names
     from measures.layerwise import layerwise_zoo
-    check_measure_names(names)
+    resolve_names(names)   # an unknown name is the user's error (UnknownNameError) before any work
     require_files(zoo_dir, {"models.csv": f"build the zoo first (srrbench zoo --out {zoo_dir})"})
     profile_names, settings = measure_settings(_profile_of(zoo_dir))
     names = names or profile_names
@@ -97,7 +89,8 @@ def analysis_stage(zoo_dir: Path, gap: str | None = None, include_unreached: boo
                             "measures.csv": f"compute the measures first (srrbench measures --zoo {zoo_dir})"})
     profile = _profile_of(zoo_dir)
     settings = profile.analysis if profile else AnalysisSettings()
-    return analyze_zoo(zoo_dir, gap=gap or settings.gap, include_unreached=include_unreached or settings.include_unreached,
+    return analyze_zoo(zoo_dir, gap=gap or settings.gap,
+                       include_unreached=include_unreached or settings.include_unreached,
                        n_boot=settings.n_boot if n_boot is None else n_boot, seed=settings.seed, log=log)
 
 

@@ -25,6 +25,8 @@ import types
 from dataclasses import dataclass
 from typing import Callable
 
+from zoo.errors import UnknownNameError
+
 
 @dataclass(frozen=True)
 class Measure:
@@ -79,7 +81,7 @@ def available(pattern: str = "*") -> list[Measure]:
 
 def get_measure(name: str) -> Measure:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown measure {name!r}; available: {', '.join(_REGISTRY)}")
+        raise UnknownNameError(f"unknown measure {name!r}; available: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
@@ -91,7 +93,7 @@ def resolve_names(names) -> list[str]:
     for pattern in names:
         matched = [m.name for m in available(pattern)]
         if not matched:
-            raise KeyError(f"unknown measure {pattern!r}; available: {', '.join(_REGISTRY)}")
+            raise UnknownNameError(f"unknown measure {pattern!r}; available: {', '.join(_REGISTRY)}")
         out.extend(n for n in matched if n not in out)
     return out
 
