@@ -174,19 +174,19 @@ def load_official_checkpoint(path: str | Path, *, heads: int, channels: int = 3,
 
 def official_state_dict(model: CRATE) -> dict[str, torch.Tensor]:
     """The state dict of ``model`` in the official layout (what ``crate_from_official`` reads back): a ``crate``
-    model, or a ``crate-identity`` one with a single head of size dim (the official model without to_out)."""
+    model, or a ``crate-identity`` one with a single head of size dim (the official model without to_out). The
+    ISTA step is not in a state dict: a model with ``ista_step`` other than 0.1 needs the official ``ista=`` (and
+    ``crate_from_official(..., ista_step=)``) to compute the same function again."""
     cfg = model.config
     project_out = cfg.variant == "crate"
     if not project_out and not (cfg.variant == "crate-identity" and cfg.heads == 1 and cfg.head_dim == cfg.dim):
         raise BadValueError(f"the official CRATE has a learned output map (or none, with one head of size dim); "
                             f"variant {cfg.variant!r} with heads={cfg.heads}, dim_head={cfg.head_dim} has no "
                             f"official layout")
-    if (cfg.ista_step, cfg.ista_lambda) != (OFFICIAL_ISTA_STEP, OFFICIAL_ISTA_LAMBDA) or \
-            cfg.temperature not in (None, cfg.head_dim ** -0.5):
+    if cfg.ista_lambda != OFFICIAL_ISTA_LAMBDA or cfg.temperature not in (None, cfg.head_dim ** -0.5):
         raise BadValueError(f"the official CRATE fixes lambda = {OFFICIAL_ISTA_LAMBDA} and the attention scale "
                             f"dim_head**-0.5; this model has ista_lambda={cfg.ista_lambda}, temperature="
-                            f"{cfg.temperature} (and ista_step={cfg.ista_step}, the official `ista` argument, "
-                            f"which a state dict does not carry)")
+                            f"{cfg.temperature}")
     ours = model.state_dict()
     return {official: ours[mine].detach().clone() for official, mine in key_map(cfg.depth, project_out).items()}
 
@@ -213,8 +213,8 @@ def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, .
     problems = [f"{what}: {', '.join(keys)}" for what, keys in
                 (("missing", missing), ("extra", extra), ("misshaped", misshaped)) if keys]
     if problems:
-        hint = (f" (with heads={heads} and dim_head = dim the official model has no to_out; with any other split "
-                f"it has one)" if any(_TO_OUT in k for k in missing + extra) else "")
+        hint = (f" (the official model has no to_out only when heads == 1 and dim_head == dim; heads={heads} was "
+                f"given)" if any(_TO_OUT in k for k in missing + extra) else "")
         raise BadValueError("official CRATE state dict does not match the architecture its shapes give: "
                             + "; ".join(problems) + hint)
 

@@ -220,6 +220,13 @@ def test_round_trip_through_the_official_layout():
     with torch.no_grad():
         torch.testing.assert_close(crate_from_official(official_state_dict(ours), heads=3, channels=2)(img),
                                    ours.eval()(img), rtol=0, atol=0)
+    # the ISTA step is not in a state dict: it goes back in as the official `ista` argument
+    ours = build_model("crate", image_size=4, patch_size=2, channels=1, num_classes=3, dim=8, depth=2, heads=2,
+                       ista_step=0.3).eval()
+    img = torch.randn(2, 1, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(crate_from_official(official_state_dict(ours), heads=2, channels=1,
+                                                       ista_step=0.3)(img), ours(img), rtol=0, atol=0)
 
 
 def test_variants_without_an_official_layout_are_refused():
