@@ -46,7 +46,7 @@ def l2(ctx: MeasureContext) -> float:
     return math.sqrt(sum(frobenius_sq(ctx).values()))
 
 
-@register_measure("l2-dist-init", family="norm")
+@register_measure("l2-dist-init", family="norm", needs_init=True)
 def l2_dist_init(ctx: MeasureContext) -> float:
     """‖w − w⁰‖₂ over all weight matrices, the distance from initialisation."""
     return math.sqrt(sum(frobenius_dist_sq(ctx).values()))
@@ -58,7 +58,7 @@ def param_norm(ctx: MeasureContext) -> float:
     return sum(frobenius_sq(ctx).values())
 
 
-@register_measure("fro-dist", family="norm")
+@register_measure("fro-dist", family="norm", needs_init=True)
 def fro_dist(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i − W_i⁰‖²_F (Jiang eq. 40)."""
     return sum(frobenius_dist_sq(ctx).values())

@@ -56,7 +56,7 @@ def _fro_over_spec(ctx: MeasureContext) -> float:
     return sum(f / spec[name] for name, f in frobenius_sq(ctx, path=True).items())
 
 
-@register_measure("dist-spec-init", family="spectral")
+@register_measure("dist-spec-init", family="spectral", needs_init=True)
 def dist_spec_init(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i − W_i⁰‖²₂, spectral distance from initialisation (Jiang eq. 41)."""
     init = ctx.init_path_weights()
@@ -118,7 +118,7 @@ def fro_over_spec(ctx: MeasureContext) -> float:
     return _fro_over_spec(ctx)
 
 
-@register_measure("log-spec-init-main", family="spectral", needs_data=True)
+@register_measure("log-spec-init-main", family="spectral", needs_data=True, needs_init=True)
 def log_spec_init_main(ctx: MeasureContext) -> float:
     """log of (Π_i ‖W_i‖²₂/γ²) Σ_i ‖W_i − W_i⁰‖²_F/‖W_i‖²₂ (Jiang eq. 29); undefined when γ ≤ 0 or w = w⁰."""
     spec = spectral_sq(ctx)
