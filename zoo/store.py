@@ -109,6 +109,12 @@ def load_checkpoint(path: Path):
         raise StoreError(f"{path}: no checksum file {sha_path.name}; the checkpoint is incomplete or not ours")
     if hashlib.sha256(data).hexdigest() != sha_path.read_text().strip():
         raise StoreError(f"{path}: checksum mismatch, the checkpoint is truncated or altered")
+    return load_weights_only(data, path)
+
+
+def load_weights_only(data: bytes, path: Path):
+    """``torch.load`` of a checkpoint's bytes with ``weights_only=True`` onto the CPU: tensors and plain containers
+    only. A file that needs any other global raises StoreError naming it (nothing in it is executed)."""
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as err:  # weights_only refuses any global it does not know: never executes it
