@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "nn.Module the state dict belongs to")
     p.add_argument("--data", metavar="NAME",
                    help="with --checkpoint: the dataset the model was trained on (digits, mnist, fashion-mnist, "
-                        "cifar10, cifar100); measures use a fixed sample of its training split")
+                        "cifar10, cifar100), normalised as zoo.data.NORMALISATION says; measures use a fixed sample of "
+                        "its training split")
     p.add_argument("--init-checkpoint", metavar="FILE",
                    help="with --checkpoint: state dict at initialisation, for the distance-from-init measures "
                         "(left out without it)")

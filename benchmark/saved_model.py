@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def import_module(name: str):
         raise MissingInputError(f"--model: no Python file {path}")
     try:
         if path is None:
+            if os.getcwd() not in sys.path:  # as `python -m` would: the console script's path lacks the cwd
+                sys.path.append(os.getcwd())
             return importlib.import_module(name)
         module_name = f"srrbench_model_{path.stem}"
         spec = importlib.util.spec_from_file_location(module_name, path)

@@ -55,13 +55,23 @@ def compute(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None, in
     ------
     BadValueError : x/y shapes that do not match, a model whose output is not (N, classes > max(y)) logits, an
         input shape the model rejects, an ``init_state`` of other keys or shapes, an exactly named measure that
-        cannot run.
+        cannot run, ``n_train`` < 1.
+
+    Examples
+    --------
+    >>> mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> row = compute(mlp, torch.randn(8, 4), torch.tensor([0, 1] * 4), names=["num-params", "srr*"])
+    >>> row["num-params"].item(), sorted(row.attrs["skipped"])
+    (23.0, ['srr', 'srr-last'])
     """
     if not isinstance(model, nn.Module):
         hint = " (a stored run is measured by measures.compute_run(run_dir))" if isinstance(model, (str, Path)) else ""
         raise BadValueError(f"compute() takes a torch.nn.Module, got {type(model).__name__}{hint}")
     opts = options if isinstance(options, MeasureOptions) else MeasureOptions.from_dict(options or {})
+    names = [names] if isinstance(names, str) else names
     requested = resolve_names(names)
+    if n_train is not None and not (isinstance(n_train, int) and n_train >= 1):
+        raise BadValueError(f"n_train must be a positive int (the training-set size m), got {n_train!r}")
     x, y = check_sample(x, y)
     check_init_state(model, init_state)
     sx, sy = draw_sample(x, y, opts) if x is not None else (None, None)

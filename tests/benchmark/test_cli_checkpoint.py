@@ -1,6 +1,7 @@
 """`srrbench measures --checkpoint FILE --model MODULE:FACTORY --data NAME`: a saved MLP measured end to end (exit 0,
 the row written, the left-out measures listed); each kind of bad input is one line naming it, exit 2."""
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -140,3 +141,14 @@ def test_zoo_and_checkpoint_are_exclusive_and_checkpoint_flags_need_checkpoint(s
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     assert main(["measures", "--zoo", str(saved), "--model", "a:b", "--data", "digits"]) == 2
     assert "--model, --data go only with --checkpoint" in capsys.readouterr().err
+
+
+def test_a_dotted_module_in_the_working_directory(saved, monkeypatch, capsys):
+    (saved / "dotted_factories_for_cli_test.py").write_text(FACTORIES)
+    monkeypatch.chdir(saved)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(saved))])
+    monkeypatch.delitem(sys.modules, "dotted_factories_for_cli_test", raising=False)
+    assert main(["measures", "--checkpoint", "mlp.pt", "--model", "dotted_factories_for_cli_test:mlp", "--data",
+                 "digits", "--names", "num-params"]) == 0
+    assert "num-params" in capsys.readouterr().out
+    sys.modules.pop("dotted_factories_for_cli_test", None)

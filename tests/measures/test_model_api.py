@@ -4,6 +4,7 @@ Values are checked against hand computations on an MLP with hand-set weights; ev
 CRATE's internals gives a finite value on a trained MLP and CNN; the CRATE-only measures are left out with their
 reason; bad input is a BadValueError naming it.
 """
+import doctest
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 import measures
+from measures import model_api
 from measures.context import MeasureContext, weight_matrices
 from measures.spectral import spectral_sq
 from zoo.errors import BadValueError
@@ -210,3 +212,14 @@ def test_init_state_of_another_model_is_named():
 def test_a_run_directory_points_to_compute_run(tmp_path):
     with pytest.raises(BadValueError, match="takes a torch.nn.Module, got PosixPath.*compute_run"):
         measures.compute(tmp_path, X, Y)
+
+
+def test_a_bad_n_train_is_named_and_one_name_may_be_a_string():
+    with pytest.raises(BadValueError, match="n_train must be a positive int.*0"):
+        measures.compute(hand_mlp(), X, Y, None, ["l2"], n_train=0)
+    assert measures.compute(hand_mlp(), X, Y, None, "l2").columns.tolist() == ["l2"]
+
+
+def test_docstring_example():
+    failures, tried = doctest.testmod(model_api)
+    assert tried > 0 and failures == 0
