@@ -1,7 +1,8 @@
 """Norm measures (Jiang et al. eqs. 40 and 42, the RGM extras ℓ2 and ℓ2-dist; measure-formulas §8.2).
 
 The weight matrices W_i are those of ``context.weight_matrices`` (every 2-D parameter: qkv = U^T, learned or frozen
-output maps, ISTA dictionaries, patch embedding, head); w is all of them flattened and w⁰ the same at init.
+output maps, ISTA dictionaries, patch embedding, head; in other models also each convolution's (out, in·k) filter
+matrix); w is all of them flattened and w⁰ the same at init.
 Arithmetic is in float64.
 """
 from __future__ import annotations

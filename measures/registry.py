@@ -5,7 +5,7 @@ name, a family, a direction, what it needs from the model (data, CRATE's interna
 training log), a one-line description, a version and the function. Registering a name twice raises.
 
 The needs let ``measures.compute(model, x, y, ...)`` measure any ``torch.nn.Module`` classifier: a measure whose
-need the model or the call cannot meet is left out with its reason (``measures.compute.unmet_need``), never
+need the model or the call cannot meet is left out with its reason (``measures.model_api.unmet_need``), never
 computed into a meaningless number nor dropped silently.
 
 A measure returns one float. A per-layer curve is not a measure (the tables rank scalars): it is computed by

@@ -5,8 +5,9 @@ a path (W_qkv of the tied variants crate-c/-n/-t, also their output map) listed 
 ``shared_weights="per-use"``, so every variant with an output map has d_L = 3L + 2 (``"once"``: 2L + 2 for the tied
 ones). Every measure of this module, sums included, runs over that list. "log" is the natural logarithm; γ is the signed
 10th-percentile margin of ``measures.margin``. All CRATE maps are ``Linear``, so ‖W‖₂ is the exact largest singular
-value (``torch.linalg.matrix_norm(W, 2)``), in float64. Products are sums of logs so that d_L = 50 matrices with
-‖W‖ ~ 10 do not overflow.
+value (``torch.linalg.matrix_norm(W, 2)``), in float64; for a convolution of another model it is that of its
+(out, in·k) filter matrix, as in Jiang et al.'s code, not the operator norm of the convolution. Products are sums of
+logs so that d_L = 50 matrices with ‖W‖ ~ 10 do not overflow.
 
 The /margin forms, spec-init-main and spec-orig-main need log γ: when γ ≤ 0 they raise ``MeasureUndefined`` (the
 compute layer records NaN and the reason). log-spec-init-main also needs log Σ_i ‖W_i − W_i⁰‖²_F/‖W_i‖²₂, which is

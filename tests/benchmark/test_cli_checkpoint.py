@@ -84,8 +84,8 @@ def test_without_init_checkpoint_the_init_measures_are_left_out(saved, capsys):
 
 BAD = {
     "missing keys": ({"checkpoint": "regressor.pt"},
-                     ["--checkpoint", "regressor.pt does not fit the model (Sequential)", "missing keys 3.weight, 3.bias",
-                      "misshaped 1.weight (1, 64) != (8, 64)"]),
+                     ["--checkpoint", "regressor.pt does not fit the model (Sequential)",
+                      "missing keys 3.weight, 3.bias", "misshaped 1.weight (1, 64) != (8, 64)"]),
     "misshaped keys": ({"checkpoint": "mlp_on_4_inputs.pt"}, ["misshaped 1.weight (3, 4) != (8, 64)"]),
     "a pickled module": ({"checkpoint": "pickled_module.pt"},
                          ["refused to load, not a plain tensor checkpoint", "Sequential", "nothing in it was run"]),
