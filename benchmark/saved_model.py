@@ -30,22 +30,28 @@ from zoo.store import atomic_write_text, load_weights_only
 
 
 def import_module(name: str):
-    """The module ``name``: a ``.py`` file (a path) or a dotted name on the Python path."""
+    """The module ``name``: a ``.py`` file (a path) or a dotted name on the Python path.
+
+    As ``python`` itself would, the working directory (for a dotted name) or the file's directory (for a file) is
+    searched too, so the user's module can import its sibling modules; appended, so it never shadows a library.
+    """
     path = Path(name).expanduser() if name.endswith(".py") or "/" in name or "\\" in name else None
     if path is not None and not path.is_file():
         raise MissingInputError(f"--model: no Python file {path}")
+    home = os.getcwd() if path is None else str(path.resolve().parent)
+    if home not in sys.path:
+        sys.path.append(home)
+    module_name = name if path is None else f"srrbench_model_{path.stem}"
     try:
         if path is None:
-            if os.getcwd() not in sys.path:  # as `python -m` would: the console script's path lacks the cwd
-                sys.path.append(os.getcwd())
             return importlib.import_module(name)
-        module_name = f"srrbench_model_{path.stem}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # dataclasses and pickling look a class's module up here
         spec.loader.exec_module(module)
         return module
     except Exception as err:  # the user's module failing to import is bad input, whatever it raises
+        sys.modules.pop(module_name, None)
         raise BadValueError(f"--model: cannot import {name}: {err.__class__.__name__}: {err}") from None
 
 

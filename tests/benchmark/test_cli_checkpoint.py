@@ -152,3 +152,25 @@ def test_a_dotted_module_in_the_working_directory(saved, monkeypatch, capsys):
                  "digits", "--names", "num-params"]) == 0
     assert "num-params" in capsys.readouterr().out
     sys.modules.pop("dotted_factories_for_cli_test", None)
+
+
+def test_a_model_file_may_import_its_sibling_modules(saved, monkeypatch, capsys):
+    package = saved / "elsewhere"
+    package.mkdir()
+    (package / "sibling_layers_for_cli_test.py").write_text(FACTORIES)
+    (package / "entry.py").write_text("from sibling_layers_for_cli_test import mlp\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "sibling_layers_for_cli_test", raising=False)
+    assert main(["measures", "--checkpoint", str(saved / "mlp.pt"), "--model", f"{package / 'entry.py'}:mlp",
+                 "--data", "digits", "--names", "num-params"]) == 0
+    assert "num-params" in capsys.readouterr().out
+    sys.modules.pop("sibling_layers_for_cli_test", None)
+
+
+def test_a_model_file_that_fails_to_import_is_one_line(saved, capsys):
+    (saved / "broken_models.py").write_text("import no_such_dependency_xyz\n")
+    assert main(["measures", "--checkpoint", str(saved / "mlp.pt"), "--model", f"{saved / 'broken_models.py'}:mlp",
+                 "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot import" in err and "No module named 'no_such_dependency_xyz'" in err and err.count("\n") == 1
+    assert "srrbench_model_broken_models" not in sys.modules
