@@ -23,6 +23,8 @@ examples:
   srrbench run --profile default                 zoo -> measures -> analysis -> report on digits
   srrbench zoo --profile smoke --out out/smoke --workers 2
   srrbench measures --zoo out/smoke --names 'srr*' path-norm
+  srrbench measures --checkpoint mlp.pt --model my_models.py:make_mlp --data mnist --data-dir ~/data
+  srrbench measures --checkpoint crate.pth --official-crate --heads 6 --data cifar10 --data-dir ~/data
   srrbench analyze --zoo out/smoke --gap gap_acc
   srrbench profiles                              list the built-in profiles
   srrbench list-measures                         list the registered measures"""
@@ -86,10 +88,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ensemble(p)
     _add_common(p)
 
-    p = sub.add_parser("measures", help="compute measures on every finished run of a zoo (cached per run)")
-    p.add_argument("--zoo", required=True, help="zoo directory")
+    p = sub.add_parser("measures", help="compute measures on every finished run of a zoo (cached per run), or on "
+                                        "one saved PyTorch classifier (--checkpoint)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--zoo", help="zoo directory")
+    source.add_argument("--checkpoint", metavar="FILE",
+                        help="state dict of any classifier (torch.save(model.state_dict(), FILE)), loaded with "
+                             "weights_only=True; needs --model and --data")
+    builder = p.add_mutually_exclusive_group()
+    builder.add_argument("--model", metavar="MODULE:FACTORY",
+                         help="with --checkpoint: FACTORY() in MODULE (a dotted module or path/to/file.py) returns "
+                              "the nn.Module the state dict belongs to")
+    builder.add_argument("--official-crate", action="store_true",
+                         help="with --checkpoint: the file is a CRATE checkpoint of the official code "
+                              "(Ma-Lab-Berkeley/CRATE layout), loaded into our crate variant; needs --heads")
+    p.add_argument("--heads", type=int, metavar="K",
+                   help="with --official-crate: the model's number of attention heads (the shapes do not tell it)")
+    p.add_argument("--data", metavar="NAME",
+                   help="with --checkpoint: the dataset the model was trained on (digits, mnist, fashion-mnist, "
+                        "cifar10, cifar100), normalised as zoo.data.NORMALISATION says; measures use a fixed sample of "
+                        "its training split")
+    p.add_argument("--init-checkpoint", metavar="FILE",
+                   help="with --checkpoint: state dict at initialisation, for the distance-from-init measures "
+                        "(left out without it)")
+    p.add_argument("--out", metavar="CSV", help="with --checkpoint: write the row of measures to this CSV file")
     p.add_argument("--names", nargs="+", default=None,
-                   help="measure names or patterns such as 'sharp*' (default: the profile's list, else all)")
+                   help="measure names or patterns such as 'sharp*' (default: the profile's list, else all). With "
+                        "--checkpoint, a measure the model cannot serve is left out (and listed) when a pattern "
+                        "picked it, an error when named exactly")
     _add_workers(p)
     p.add_argument("--data-dir", default=None, help="directory holding the dataset files, if not digits")
     _add_common(p)
@@ -189,7 +215,15 @@ def _dispatch(args) -> int:
                                      scheduler=args.scheduler, data_dir=args.data_dir, progress=progress,
                                      device=args.device, ensemble_size=_ensemble_size(args))
         return 0 if summary["failed"] == 0 else 1
+    if args.command == "measures" and args.checkpoint:
+        return _measure_checkpoint(args)
     if args.command == "measures":
+        given = [flag for flag, value in (("--model", args.model), ("--official-crate", args.official_crate),
+                                          ("--heads", args.heads), ("--data", args.data),
+                                          ("--init-checkpoint", args.init_checkpoint), ("--out", args.out)) if value]
+        if given:
+            raise BadValueError(f"{', '.join(given)} {'go' if len(given) > 1 else 'goes'} only with --checkpoint; "
+                                f"--zoo measures every run of the zoo and writes measures.csv there")
         pipeline.measures_stage(Path(args.zoo), names=args.names, workers=_workers(args),
                                 data_dir=args.data_dir, progress=progress)
         return 0
@@ -220,6 +254,28 @@ def _dispatch(args) -> int:
                               ensemble_size=_ensemble_size(args))
         return 0
     raise AssertionError(args.command)
+
+
+def _measure_checkpoint(args) -> int:
+    from .saved_model import measure_checkpoint
+    builder = ("--official-crate --heads K", args.official_crate and args.heads) if args.official_crate else \
+        ("--model MODULE:FACTORY (or --official-crate --heads K)", args.model)
+    missing = [flag for flag, value in (builder, ("--data NAME", args.data)) if not value]
+    if missing:
+        raise BadValueError(f"--checkpoint needs {' and '.join(missing)}")
+    if args.heads is not None and not args.official_crate:
+        raise BadValueError("--heads goes only with --official-crate (a --model factory builds its own heads)")
+    table = measure_checkpoint(args.checkpoint, args.model, args.data, data_dir=args.data_dir,
+                               official_heads=args.heads if args.official_crate else None,
+                               init_checkpoint=args.init_checkpoint, names=args.names, out=args.out)
+    print(table.T.rename(columns={0: "value"}).to_string())
+    for name, reason in table.attrs["skipped"].items():
+        print(f"left out {name}: it {reason}")
+    for name, error in table.attrs["errors"].items():
+        print(f"NaN {name}: {error}")
+    if args.out:
+        print(f"-> {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

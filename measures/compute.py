@@ -1,4 +1,5 @@
-"""Compute registered measures on one model, one run directory, or every finished run of a zoo.
+"""Compute registered measures on one stored run or every finished run of a zoo (any other model:
+``measures.model_api``).
 
 Per run, values are cached in ``runs/<id>/measures.json`` together with the options, the sha256 of the final
 checkpoint they were computed from and each measure's code fingerprint (``registry.code_fingerprint``: its module
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from zoo.allocator import keep_freed_memory
 from zoo.data import Dataset
@@ -28,19 +30,25 @@ from zoo.runner import cached_dataset
 from zoo.store import RunStore, StoreError, atomic_write_text, load_checkpoint, read_json, write_json
 
 from .context import MeasureContext, MeasureOptions
-from .registry import available, code_fingerprint, get_measure, resolve_names
+from .registry import Measure, available, code_fingerprint, get_measure, resolve_names
 
 
-def sample_split(data: Dataset, options: MeasureOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed sample of ``options.n_samples`` images of the chosen split (all of it if smaller)."""
-    x, y = (data.x_train, data.y_train) if options.split == "train" else (data.x_test, data.y_test)
+def draw_sample(x: torch.Tensor, y: torch.Tensor, options: MeasureOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed sample of ``options.n_samples`` rows of (x, y) drawn with ``options.seed`` (all if fewer), in
+    their original order."""
     if options.n_samples >= len(x):
         return x, y
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(options.seed))[:options.n_samples]
     return x[idx.sort().values], y[idx.sort().values]
 
 
-def make_context(model: CRATE, init_state: dict, data: Dataset | None, options: MeasureOptions,
+def sample_split(data: Dataset, options: MeasureOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed sample of ``options.n_samples`` images of the chosen split (all of it if smaller)."""
+    x, y = (data.x_train, data.y_train) if options.split == "train" else (data.x_test, data.y_test)
+    return draw_sample(x, y, options)
+
+
+def make_context(model: nn.Module, init_state: dict | None, data: Dataset | None, options: MeasureOptions,
                  training_log: list[dict] | None = None) -> MeasureContext:
     """The context of one model; ``data=None`` gives a data-free context for ``needs_data=False`` measures."""
     x, y = sample_split(data, options) if data is not None else (None, None)
@@ -98,27 +106,15 @@ def _run_context(store: RunStore, run_id: str, names: list[str], options: Measur
     return make_context(model, init_state, data, options, store.read_log(run_id))
 
 
-def compute(model_or_run_dir, names=None, *, init_state: dict | None = None, data: Dataset | None = None,
-            data_dir: str | None = None, **options) -> pd.DataFrame:
-    """Measures of one model (with ``init_state``, and ``data`` for measures with ``needs_data=True``) or of one
-    run directory, as a one-row table."""
+def compute_run(run_dir: str | Path, names=None, *, data_dir: str | None = None, **options) -> pd.DataFrame:
+    """Measures of the final model of one stored run directory (``<zoo>/runs/<run_id>``), as a one-row table with
+    its ``run_id``; not cached (``compute_zoo`` caches)."""
     opts = MeasureOptions.from_dict(options)
     names = resolve_names(names)
-    if isinstance(model_or_run_dir, (str, Path)):
-        run_dir = Path(model_or_run_dir)
-        ctx = _run_context(RunStore(run_dir.parent.parent), run_dir.name, names, opts, data_dir)
-        row = {"run_id": run_dir.name}
-    else:
-        model, row = model_or_run_dir, {}
-        if data is None and _needs_data(names):
-            raise ValueError("compute(model, ...) needs data= (a zoo.Dataset) for the measures' sample: "
-                             f"{', '.join(n for n in names if get_measure(n).needs_data)} read data")
-        if init_state is None:
-            raise ValueError("compute(model, ...) needs init_state= (the model's state_dict at initialisation)")
-        ctx = make_context(model, init_state, data, opts)
+    run_dir = Path(run_dir)
+    ctx = _run_context(RunStore(run_dir.parent.parent), run_dir.name, names, opts, data_dir)
     results = evaluate_measures(ctx, names)
-    row.update({name: r["value"] for name, r in results.items()})
-    return pd.DataFrame([row])
+    return pd.DataFrame([{"run_id": run_dir.name, **{name: r["value"] for name, r in results.items()}}])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -256,7 +252,10 @@ def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None,
 
 
 def describe() -> pd.DataFrame:
-    """The registered measures: name, family, direction and description."""
-    return pd.DataFrame([{"measure": m.name, "family": m.family, "needs_data": m.needs_data,
+    """The registered measures: name, family, what each needs (data, crate, init, log), direction, description."""
+    def needs(m: Measure) -> str:
+        flags = {"data": m.needs_data, "crate": m.needs_crate, "init": m.needs_init, "log": m.needs_training_log}
+        return ",".join(k for k, v in flags.items() if v) or "-"
+    return pd.DataFrame([{"measure": m.name, "family": m.family, "needs": needs(m),
                           "higher_is_complex": m.higher_is_complex, "description": m.description}
                          for m in available()])

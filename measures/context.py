@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
-from zoo.models import TiedOutput
+from zoo.models import CRATE, TiedOutput
 
 
 class MeasureUndefined(ValueError):
@@ -85,17 +85,35 @@ class MeasureOptions:
         return cls(**values)
 
 
-def weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The one rule for which weights enter norm, spectral and PAC-Bayes measures.
+_TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_CONVS)
 
-    Every 2-D parameter: the qkv projections (U^T, counted once even where the tied variants reuse it as the
-    output map), the learned or frozen output maps, the ISTA dictionaries, the patch embedding and the head.
-    LayerNorm gains and all biases are 1-D and the cls token and position embedding are 3-D, so they are out.
+
+def weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The one rule for which weights enter norm, spectral, heavy-tail and PAC-Bayes measures, for any model.
+
+    Every 2-D parameter (the weights of ``Linear`` layers and bare 2-D parameters), and the weight of every
+    convolution as the matrix whose rows are its filters, (out_channels, in_channels/groups · kernel size), as in
+    Jiang et al.'s code (its spectral norm is that of this matrix, not of the convolution operator); a transposed
+    convolution's weight (in, out/groups, *kernel) is transposed first so that its rows are output channels too.
+    In CRATE these are the qkv projections (U^T, counted once even where the tied variants reuse it as the output
+    map), the learned or frozen output maps, the ISTA dictionaries, the patch embedding and the head; LayerNorm
+    gains and all biases are 1-D and the cls token and position embedding are 3-D, so they are out. Any other
+    parameter of 3 or more dimensions outside a convolution is out as well.
     ``state`` (a state_dict) gives the same matrices from other weights, e.g. the initial ones.
     """
-    names = [name for name, p in model.named_parameters() if p.ndim == 2]
+    convs = {f"{prefix}.weight" if prefix else "weight": isinstance(module, _TRANSPOSED_CONVS)
+             for prefix, module in model.named_modules() if isinstance(module, _CONVS)}
     source = state if state is not None else dict(model.named_parameters())
-    return {name: source[name].detach() for name in names}
+    out = {}
+    for name, p in model.named_parameters():
+        if p.ndim == 2:
+            out[name] = source[name].detach()
+        elif name in convs:
+            w = source[name].detach()
+            w = w.transpose(0, 1) if convs[name] else w
+            out[name] = w.reshape(w.shape[0], -1)
+    return out
 
 
 def path_weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
@@ -124,8 +142,9 @@ def path_weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None
 
 @dataclass
 class MeasureContext:
-    model: nn.Module                      # trained model, eval mode; measures must not change it
-    init_state: dict[str, torch.Tensor]   # state_dict at initialisation (same keys as the model's)
+    model: nn.Module                      # trained classifier (any nn.Module), eval mode; measures must not change it
+    init_state: dict[str, torch.Tensor] | None  # state_dict at initialisation (same keys); None: unknown, so the
+                                                # needs_init=True measures are left out
     x: torch.Tensor | None                # (M, C, H, W) fixed sample of the chosen split; None: data-free context
     y: torch.Tensor | None                # (M,)
     n_train: int | None                   # m, size of the full training set (for the log(m/sigma) terms)
@@ -150,7 +169,12 @@ class MeasureContext:
         return self.cache[key]
 
     def features(self) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-        """Logits (M, classes) and per-layer Z_in, Z_half, Z_out (M, N, d) on the sample, one no-grad pass."""
+        """Logits (M, classes) and per-layer Z_in, Z_half, Z_out (M, N, d) on the sample, one no-grad pass.
+        CRATE only: a measure that calls it is registered with ``needs_crate=True``."""
+        if not isinstance(self.model, CRATE):
+            raise TypeError(f"ctx.features() reads CRATE's layer features, and the model is a "
+                            f"{type(self.model).__name__}, not a zoo.models.CRATE; a measure that calls it must be "
+                            f"registered with needs_crate=True")
         def run():
             x, _ = self.sample()
             with torch.no_grad():
@@ -158,13 +182,27 @@ class MeasureContext:
         return self.cached("features", run)
 
     def logits(self) -> torch.Tensor:
-        return self.features()[0]
+        """Logits (M, classes) of the sample, one no-grad pass of ``model(x)`` (any classifier)."""
+        if isinstance(self.model, CRATE):  # the features pass gives them too: one pass shared with SRR
+            return self.features()[0]
+        def run():
+            x, _ = self.sample()
+            with torch.no_grad():
+                return self.model(x)
+        return self.cached("logits", run)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.cached("weights", lambda: weight_matrices(self.model))
 
     def init_weights(self) -> dict[str, torch.Tensor]:
-        return self.cached("init_weights", lambda: weight_matrices(self.model, self.init_state))
+        return self.cached("init_weights", lambda: weight_matrices(self.model, self.initial_state()))
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """``init_state``, or an error naming the cause when this context was built without it."""
+        if self.init_state is None:
+            raise RuntimeError("this context has no initial weights (init_state=None); a measure that reads them "
+                               "must be registered with needs_init=True")
+        return self.init_state
 
     def path_weights(self) -> dict[str, torch.Tensor]:
         """The matrices of the spectral products and sums (``path_weight_matrices`` under options.shared_weights)."""
@@ -176,7 +214,7 @@ class MeasureContext:
     def init_path_weights(self) -> dict[str, torch.Tensor]:
         shared = self.options.shared_weights
         return self.cached(f"init_path_weights(shared={shared})",
-                           lambda: path_weight_matrices(self.model, self.init_state, shared))
+                           lambda: path_weight_matrices(self.model, self.initial_state(), shared))
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A fresh generator seeded from the options' seed, so every measure is reproducible on its own."""

@@ -2,7 +2,8 @@
 spectral densities of the weight matrices. Data-free.
 
 For each weight matrix W of ``ctx.weights()`` (every 2-D parameter, each once: qkv, output maps, CRATE's ISTA
-dictionary D, which is a bare ``nn.Parameter`` and not an ``nn.Linear``, the patch embedding and the head), the
+dictionary D, which is a bare ``nn.Parameter`` and not an ``nn.Linear``, the patch embedding and the head; in other
+models also each convolution's (out, in·k) filter matrix), the
 eigenvalues of WᵀW, λ_i = σ_i(W)² (WeightWatcher's default, no 1/N normalisation: α does not depend on it), are
 fitted by a continuous power law p(λ) ∝ λ^{−α} for λ ≥ λ_min (Clauset, Shalizi & Newman 2009):
 

@@ -1,7 +1,8 @@
 """Norm measures (Jiang et al. eqs. 40 and 42, the RGM extras ℓ2 and ℓ2-dist; measure-formulas §8.2).
 
 The weight matrices W_i are those of ``context.weight_matrices`` (every 2-D parameter: qkv = U^T, learned or frozen
-output maps, ISTA dictionaries, patch embedding, head); w is all of them flattened and w⁰ the same at init.
+output maps, ISTA dictionaries, patch embedding, head; in other models also each convolution's (out, in·k) filter
+matrix); w is all of them flattened and w⁰ the same at init.
 Arithmetic is in float64.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def l2(ctx: MeasureContext) -> float:
     return math.sqrt(sum(frobenius_sq(ctx).values()))
 
 
-@register_measure("l2-dist-init", family="norm")
+@register_measure("l2-dist-init", family="norm", needs_init=True)
 def l2_dist_init(ctx: MeasureContext) -> float:
     """‖w − w⁰‖₂ over all weight matrices, the distance from initialisation."""
     return math.sqrt(sum(frobenius_dist_sq(ctx).values()))
@@ -58,7 +59,7 @@ def param_norm(ctx: MeasureContext) -> float:
     return sum(frobenius_sq(ctx).values())
 
 
-@register_measure("fro-dist", family="norm")
+@register_measure("fro-dist", family="norm", needs_init=True)
 def fro_dist(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i − W_i⁰‖²_F (Jiang eq. 40)."""
     return sum(frobenius_dist_sq(ctx).values())

@@ -39,13 +39,13 @@ def steps_to_ce(log: list[dict] | None, threshold: float) -> int:
                            f"after {int(log[-1]['step'])} steps)")
 
 
-@register_measure("steps-to-ce-0.1", family="optimization")
+@register_measure("steps-to-ce-0.1", family="optimization", needs_training_log=True)
 def steps_to_ce_01(ctx: MeasureContext) -> float:
     """Optimisation steps until the training CE first reaches 0.1 (epoch resolution, from the training log)."""
     return float(steps_to_ce(ctx.training_log, 0.1))
 
 
-@register_measure("steps-ce-0.1-to-0.01", family="optimization")
+@register_measure("steps-ce-0.1-to-0.01", family="optimization", needs_training_log=True)
 def steps_ce_01_to_001(ctx: MeasureContext) -> float:
     """Optimisation steps from training CE 0.1 to 0.01 (epoch resolution, from the training log)."""
     return float(steps_to_ce(ctx.training_log, 0.01) - steps_to_ce(ctx.training_log, 0.1))

@@ -262,11 +262,12 @@ def pacbayes_mag_bound(norm_sq: float, w: torch.Tensor, sigma: float, eps: float
 
 
 def weights_and_init(ctx) -> tuple[torch.Tensor, torch.Tensor]:
-    """w and w⁰: the weight matrices of the bounds (context.weight_matrices), flattened."""
+    """w and w⁰: the weight matrices of the bounds (context.weight_matrices), flattened. Only the -init bounds
+    (``needs_init=True``) call it; the others flatten ``ctx.weights()`` alone, so they run without init_state."""
     return weight_vector(ctx.weights()), weight_vector(ctx.init_weights())
 
 
-@register_measure("pacbayes-init", family="pac-bayes", needs_data=True)
+@register_measure("pacbayes-init", family="pac-bayes", needs_data=True, needs_init=True)
 def pacbayes_init(ctx) -> float:
     """‖w − w⁰‖²/(4σ′²) + log(m/σ′) + 10, σ′ the largest Gaussian noise std costing ≤ target_drop accuracy."""
     w, w0 = weights_and_init(ctx)
@@ -276,7 +277,7 @@ def pacbayes_init(ctx) -> float:
 @register_measure("pacbayes-orig", family="pac-bayes", needs_data=True)
 def pacbayes_orig(ctx) -> float:
     """‖w‖²/(4σ′²) + log(m/σ′) + 10 with the PAC-Bayes noise scale σ′ (std)."""
-    w, _ = weights_and_init(ctx)
+    w = weight_vector(ctx.weights())
     return pacbayes_bound(float((w ** 2).sum()), sigma_prime(ctx), ctx.n_train)
 
 
@@ -286,7 +287,7 @@ def pacbayes_flatness(ctx) -> float:
     return 1.0 / sigma_prime(ctx) ** 2
 
 
-@register_measure("pacbayes-mag-init", family="pac-bayes", needs_data=True, version=2)
+@register_measure("pacbayes-mag-init", family="pac-bayes", needs_data=True, needs_init=True, version=2)
 def pacbayes_mag_init(ctx) -> float:
     """Magnitude-aware PAC-Bayes bound around w⁰ (eq. 56, denominator ε² + σ′²w_i², the noise's variance)."""
     w, w0 = weights_and_init(ctx)
@@ -297,7 +298,7 @@ def pacbayes_mag_init(ctx) -> float:
 @register_measure("pacbayes-mag-orig", family="pac-bayes", needs_data=True)
 def pacbayes_mag_orig(ctx) -> float:
     """Magnitude-aware PAC-Bayes bound around the origin (eq. 57, denominator ε² + σ′²w_i²)."""
-    w, _ = weights_and_init(ctx)
+    w = weight_vector(ctx.weights())
     return pacbayes_mag_bound(float((w ** 2).sum()), w, mag_sigma_prime(ctx), ctx.options.magnitude_eps,
                               ctx.n_train)
 

@@ -204,19 +204,19 @@ def path_norm_forward(model: CRATE, tokens: str = "uniform", layer_norm: str = "
         return logits.log_total()
 
 
-@register_measure("path-norm", family="path-norm")
+@register_measure("path-norm", family="path-norm", needs_crate=True)
 def path_norm(ctx: MeasureContext) -> float:
     """log of the ℓ2 path-norm Σ f_{w∘w}(𝟙) (Jiang eq. 44) via CRATE's path-norm forward; logged to avoid overflow."""
     return ctx.cached("pathnorm.log", lambda: path_norm_forward(ctx.model))
 
 
-@register_measure("path-norm-over-margin", family="path-norm", needs_data=True)
+@register_measure("path-norm-over-margin", family="path-norm", needs_data=True, needs_crate=True)
 def path_norm_over_margin(ctx: MeasureContext) -> float:
     """log path-norm − 2 log γ, the log of path-norm/γ² (Jiang eq. 43); undefined when γ ≤ 0."""
     return ctx.cached("pathnorm.log", lambda: path_norm_forward(ctx.model)) - log_margin_sq(ctx)
 
 
-@register_measure("path-norm-normalized", family="path-norm")
+@register_measure("path-norm-normalized", family="path-norm", needs_crate=True)
 def path_norm_normalized(ctx: MeasureContext) -> float:
     """log path-norm with the scale-invariant LayerNorm rule (each token's path vector divided by its feature mean)."""
     return path_norm_forward(ctx.model, layer_norm="normalized")

@@ -1,7 +1,12 @@
 """The measure registry: ``@register_measure`` on a plain function ``f(ctx) -> float``.
 
 Adding a complexity measure is one decorated function in one file; nothing else changes. Each entry keeps only a
-name, a family, a direction, a one-line description, a version and the function. Registering a name twice raises.
+name, a family, a direction, what it needs from the model (data, CRATE's internals, the initial weights, the
+training log), a one-line description, a version and the function. Registering a name twice raises.
+
+The needs let ``measures.compute(model, x, y, ...)`` measure any ``torch.nn.Module`` classifier: a measure whose
+need the model or the call cannot meet is left out with its reason (``measures.model_api.unmet_need``), never
+computed into a meaningless number nor dropped silently.
 
 A measure returns one float. A per-layer curve is not a measure (the tables rank scalars): it is computed by
 ``measures.layerwise``; a function annotated to return an array is refused here, and a measure that returns an
@@ -34,6 +39,9 @@ class Measure:
     fn: Callable
     family: str
     needs_data: bool          # reads training samples (margins, features, sharpness), not only the weights
+    needs_crate: bool         # reads CRATE's internals (ctx.features(), subspaces, CRATE's path-norm rules)
+    needs_init: bool          # reads the initial weights (ctx.init_state: distances from init, the *-init bounds)
+    needs_training_log: bool  # reads ctx.training_log (optimisation speed)
     higher_is_complex: bool   # True when a larger value should mean a larger generalization gap
     description: str
     version: int              # a manual salt of the cache key: bump it when something outside the hashed code
@@ -50,9 +58,15 @@ _REGISTRY: dict[str, Measure] = {}
 _ARRAY_ANNOTATIONS = ("ndarray", "Tensor", "list", "List", "Sequence", "tuple", "Tuple", "dict", "Dict")
 
 
-def register_measure(name: str, *, family: str, needs_data: bool = False, higher_is_complex: bool = True,
+def register_measure(name: str, *, family: str, needs_data: bool = False, needs_crate: bool = False,
+                     needs_init: bool = False, needs_training_log: bool = False, higher_is_complex: bool = True,
                      description: str | None = None, version: int = 1):
-    """Decorator: record ``fn`` as measure ``name``. The description defaults to the docstring's first line."""
+    """Decorator: record ``fn`` as measure ``name``. The description defaults to the docstring's first line.
+
+    ``needs_data``: the measure reads ``ctx.x, ctx.y``; ``needs_crate``: it reads CRATE's internals (it is left
+    out for other models); ``needs_init``: it reads the initial weights; ``needs_training_log``: it reads
+    ``ctx.training_log``. A model or call that lacks one of these gets the measure left out with the reason.
+    """
     def decorate(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"measure {name!r} is already registered (by {_REGISTRY[name].module})")
@@ -62,7 +76,8 @@ def register_measure(name: str, *, family: str, needs_data: bool = False, higher
             raise ValueError(f"measure {name!r} is annotated to return {text}; a measure returns one float (the "
                              f"tables rank scalars). Register one measure per layer or aggregate the curve.")
         doc = description or next(iter((fn.__doc__ or "").strip().splitlines()), "")
-        _REGISTRY[name] = Measure(name=name, fn=fn, family=family, needs_data=needs_data,
+        _REGISTRY[name] = Measure(name=name, fn=fn, family=family, needs_data=needs_data, needs_crate=needs_crate,
+                                  needs_init=needs_init, needs_training_log=needs_training_log,
                                   higher_is_complex=higher_is_complex, description=doc, version=version,
                                   module=fn.__module__)
         return fn

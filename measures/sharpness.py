@@ -58,7 +58,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .pacbayes import (batched_logits, bisect_largest, correct_count, eval_mode, model_buffers,
-                       perturbable_parameters, warn_if_floor, weights_and_init)
+                       perturbable_parameters, warn_if_floor, weight_vector, weights_and_init)
 from .registry import register_measure
 
 ALPHA_SALT = 8_601        # ctx.generator salt of the plain α′ search
@@ -159,7 +159,7 @@ def sharpness_mag_bound(norm_sq: float, w: torch.Tensor, alpha: float, eps: floa
     return 0.25 * float(torch.log(numerator / denominator).sum()) + math.log(m / alpha) + 10
 
 
-@register_measure("sharpness-init", family="sharpness", needs_data=True)
+@register_measure("sharpness-init", family="sharpness", needs_data=True, needs_init=True)
 def sharpness_init(ctx) -> float:
     """‖w − w⁰‖²·log(2ω)/(4α′²) + log(m/α′) + 10, α′ the largest box whose worst case costs ≤ target_drop."""
     w, w0 = weights_and_init(ctx)
@@ -169,7 +169,7 @@ def sharpness_init(ctx) -> float:
 @register_measure("sharpness-orig", family="sharpness", needs_data=True)
 def sharpness_orig(ctx) -> float:
     """‖w‖²·log(2ω)/(4α′²) + log(m/α′) + 10 with the worst-case box half-width α′."""
-    w, _ = weights_and_init(ctx)
+    w = weight_vector(ctx.weights())
     return sharpness_bound(float((w ** 2).sum()), alpha_prime(ctx), w.numel(), ctx.n_train)
 
 
@@ -179,7 +179,7 @@ def sharpness_flatness(ctx) -> float:
     return 1.0 / alpha_prime(ctx) ** 2
 
 
-@register_measure("sharpness-mag-init", family="sharpness", needs_data=True, version=2)
+@register_measure("sharpness-mag-init", family="sharpness", needs_data=True, needs_init=True, version=2)
 def sharpness_mag_init(ctx) -> float:
     """Magnitude-aware worst-case sharpness bound around w⁰, box |u_i| ≤ α′|w_i| + ε."""
     w, w0 = weights_and_init(ctx)
@@ -189,7 +189,7 @@ def sharpness_mag_init(ctx) -> float:
 @register_measure("sharpness-mag-orig", family="sharpness", needs_data=True)
 def sharpness_mag_orig(ctx) -> float:
     """Magnitude-aware worst-case sharpness bound around the origin, box |u_i| ≤ α′|w_i| + ε."""
-    w, _ = weights_and_init(ctx)
+    w = weight_vector(ctx.weights())
     return sharpness_mag_bound(float((w ** 2).sum()), w, mag_alpha_prime(ctx), box_eps(ctx), ctx.n_train)
 
 

@@ -5,8 +5,9 @@ a path (W_qkv of the tied variants crate-c/-n/-t, also their output map) listed 
 ``shared_weights="per-use"``, so every variant with an output map has d_L = 3L + 2 (``"once"``: 2L + 2 for the tied
 ones). Every measure of this module, sums included, runs over that list. "log" is the natural logarithm; γ is the signed
 10th-percentile margin of ``measures.margin``. All CRATE maps are ``Linear``, so ‖W‖₂ is the exact largest singular
-value (``torch.linalg.matrix_norm(W, 2)``), in float64. Products are sums of logs so that d_L = 50 matrices with
-‖W‖ ~ 10 do not overflow.
+value (``torch.linalg.matrix_norm(W, 2)``), in float64; for a convolution of another model it is that of its
+(out, in·k) filter matrix, as in Jiang et al.'s code, not the operator norm of the convolution. Products are sums of
+logs so that d_L = 50 matrices with ‖W‖ ~ 10 do not overflow.
 
 The /margin forms, spec-init-main and spec-orig-main need log γ: when γ ≤ 0 they raise ``MeasureUndefined`` (the
 compute layer records NaN and the reason). log-spec-init-main also needs log Σ_i ‖W_i − W_i⁰‖²_F/‖W_i‖²₂, which is
@@ -56,7 +57,7 @@ def _fro_over_spec(ctx: MeasureContext) -> float:
     return sum(f / spec[name] for name, f in frobenius_sq(ctx, path=True).items())
 
 
-@register_measure("dist-spec-init", family="spectral")
+@register_measure("dist-spec-init", family="spectral", needs_init=True)
 def dist_spec_init(ctx: MeasureContext) -> float:
     """Σ_i ‖W_i − W_i⁰‖²₂, spectral distance from initialisation (Jiang eq. 41)."""
     init = ctx.init_path_weights()
@@ -118,7 +119,7 @@ def fro_over_spec(ctx: MeasureContext) -> float:
     return _fro_over_spec(ctx)
 
 
-@register_measure("log-spec-init-main", family="spectral", needs_data=True)
+@register_measure("log-spec-init-main", family="spectral", needs_data=True, needs_init=True)
 def log_spec_init_main(ctx: MeasureContext) -> float:
     """log of (Π_i ‖W_i‖²₂/γ²) Σ_i ‖W_i − W_i⁰‖²_F/‖W_i‖²₂ (Jiang eq. 29); undefined when γ ≤ 0 or w = w⁰."""
     spec = spectral_sq(ctx)

@@ -209,38 +209,38 @@ def aggregate_layers(values: np.ndarray, how: str) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # Registered scalar measures. All share the cached srr_per_layer computation.
 
-@register_measure("srr", family="srr", needs_data=True, higher_is_complex=True)
+@register_measure("srr", family="srr", needs_data=True, needs_crate=True, higher_is_complex=True)
 def srr(ctx: MeasureContext) -> float:
     """Sparse rate reduction l0(Z) + R^c - R (l0 per options.l0) at each ISTA output, aggregated over layers."""
     return aggregate_layers(srr_per_layer(ctx)["srr"], ctx.options.aggregate)
 
 
-@register_measure("srr-last", family="srr", needs_data=True, higher_is_complex=True)
+@register_measure("srr-last", family="srr", needs_data=True, needs_crate=True, higher_is_complex=True)
 def srr_last(ctx: MeasureContext) -> float:
     """Sparse rate reduction l0(Z) + R^c - R (l0 per options.l0) at the last layer only."""
     return float(srr_per_layer(ctx)["srr"][-1])
 
 
-@register_measure("sparsity", family="srr", needs_data=True, higher_is_complex=True)
+@register_measure("sparsity", family="srr", needs_data=True, needs_crate=True, higher_is_complex=True)
 def sparsity(ctx: MeasureContext) -> float:
     """SRR's sparsity term ||Z||_0 (scaled per options.l0) at each ISTA output, aggregated over layers."""
     return aggregate_layers(srr_per_layer(ctx)["sparsity"], ctx.options.aggregate)
 
 
-@register_measure("rc", family="srr", needs_data=True, higher_is_complex=True)
+@register_measure("rc", family="srr", needs_data=True, needs_crate=True, higher_is_complex=True)
 def rc(ctx: MeasureContext) -> float:
     """SRR's subspace coding rate R^c(Z; U) at each ISTA output, aggregated over layers."""
     return aggregate_layers(srr_per_layer(ctx)["rc"], ctx.options.aggregate)
 
 
-@register_measure("r", family="srr", needs_data=True, higher_is_complex=True)
+@register_measure("r", family="srr", needs_data=True, needs_crate=True, higher_is_complex=True)
 def r(ctx: MeasureContext) -> float:
     """SRR's coding rate R(Z) at each ISTA output, aggregated over layers."""
     return aggregate_layers(srr_per_layer(ctx)["r"], ctx.options.aggregate)
 
 
 # A larger dR is the direction the SRR objective maximises, so it is recorded as "higher = less complex".
-@register_measure("rate-reduction", family="srr", needs_data=True, higher_is_complex=False)
+@register_measure("rate-reduction", family="srr", needs_data=True, needs_crate=True, higher_is_complex=False)
 def rate_reduction(ctx: MeasureContext) -> float:
     """Rate reduction dR = R - R^c at each ISTA output, aggregated over layers."""
     layers = srr_per_layer(ctx)

@@ -109,22 +109,24 @@ def load_checkpoint(path: Path):
         raise StoreError(f"{path}: no checksum file {sha_path.name}; the checkpoint is incomplete or not ours")
     if hashlib.sha256(data).hexdigest() != sha_path.read_text().strip():
         raise StoreError(f"{path}: checksum mismatch, the checkpoint is truncated or altered")
-    return _load_tensors(data, path)
+    return load_weights_only(data, path)
 
 
 def load_foreign_checkpoint(path: Path):
-    """Load a checkpoint written by another program (no checksum of ours, e.g. an official CRATE ``.pth``) with
-    the same safe loader: a missing file raises MissingInputError, one that needs arbitrary unpickling StoreError."""
-    path = Path(path)
+    """Load a checkpoint written by another program (no checksum of ours: an official CRATE ``.pth``, a user's
+    state dict) with the same safe loader: a missing file raises MissingInputError, one that needs arbitrary
+    unpickling StoreError."""
+    path = Path(path).expanduser()
     try:
         data = path.read_bytes()
     except OSError as err:
         raise MissingInputError(f"{path}: cannot read checkpoint ({err.strerror or err})") from None
-    return _load_tensors(data, path)
+    return load_weights_only(data, path)
 
 
-def _load_tensors(data: bytes, path: Path):
-    """torch.load(weights_only=True) of a checkpoint's bytes; refusal is a StoreError naming ``path``."""
+def load_weights_only(data: bytes, path: Path):
+    """``torch.load`` of a checkpoint's bytes with ``weights_only=True`` onto the CPU: tensors and plain containers
+    only. A file that needs any other global raises StoreError naming it (nothing in it is executed)."""
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as err:  # weights_only refuses any global it does not know: never executes it

@@ -10,10 +10,9 @@ from measures.context import MeasureContext, MeasureOptions
 
 def logits_context(probs, y, bins=15):
     probs = torch.tensor(probs, dtype=torch.float64)
-    ctx = MeasureContext(model=torch.nn.Identity(), init_state={}, x=torch.zeros(len(probs), 1),
-                         y=torch.tensor(y), n_train=len(probs), options=MeasureOptions(ece_bins=bins))
-    ctx.cache["features"] = (probs.log(), [])                          # softmax(log p) = p
-    return ctx
+    # the identity model's logits are its inputs log p, and softmax(log p) = p
+    return MeasureContext(model=torch.nn.Identity(), init_state={}, x=probs.log(), y=torch.tensor(y),
+                          n_train=len(probs), options=MeasureOptions(ece_bins=bins))
 
 
 def test_ece_by_hand():

@@ -8,7 +8,7 @@ import torch
 import measures
 from measures.compute import evaluate_measures, make_context
 from measures.margin import MeasureUndefined
-from zoo import TrainConfig, build_model, load_dataset, train_model
+from zoo import BadValueError, TrainConfig, build_model, load_dataset, train_model
 
 # the documented refusals on the fixture's model: it stops at training CE ~0.55, above both step thresholds
 UNREACHED = {"steps-to-ce-0.1", "steps-ce-0.1-to-0.01"}
@@ -77,7 +77,17 @@ def test_unknown_measure_name_lists_the_available_ones():
 
 def test_compute_a_model_without_data_for_weight_only_measures(trained):
     model, init, data, _ = trained
-    table = measures.compute(model, ["l2", "ww-alpha"], init_state=init)
+    table = measures.compute(model, None, None, init, ["l2", "ww-alpha"])
     assert table.columns.tolist() == ["l2", "ww-alpha"] and table.notna().all().all()
-    with pytest.raises(ValueError, match="needs data=.*: srr read data"):
-        measures.compute(model, ["l2", "srr"], init_state=init)
+    assert table.attrs["skipped"] == {} and table.attrs["errors"] == {}
+    with pytest.raises(BadValueError, match="'srr' cannot be computed here: it needs data"):
+        measures.compute(model, None, None, init, ["l2", "srr"])
+
+
+def test_compute_a_crate_model_gives_the_values_of_its_context(trained):
+    model, init, data, log = trained
+    names = ["srr", "path-norm", "neg-margin", "l2-dist-init"]
+    table = measures.compute(model, data.x_train, data.y_train, init, names, OPTIONS, training_log=log)
+    expected = evaluate_measures(make_context(model, init, data, OPTIONS, log), names)
+    assert table.attrs["skipped"] == {}
+    assert table.iloc[0].to_dict() == {n: expected[n]["value"] for n in names}

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from measures import compute_zoo, register_measure, unregister_measure
+from measures import compute_run, compute_zoo, register_measure, unregister_measure
 from tests.tiny_profile import runs_of
 from measures.layerwise import layerwise_zoo
 from zoo.runner import build_zoo, load_zoo
@@ -218,3 +218,11 @@ def test_layerwise_cache_of_other_code_is_recomputed(zoo):
     layerwise_zoo(zoo, options=OPTIONS, progress=False, log=lines.append)
     assert lines == [f"layerwise: {cache}: computed with other code of the SRR modules; recomputing"]
     assert json.loads(cache.read_text())["code"] != "computed by other code"
+
+
+def test_compute_run_gives_the_row_of_the_zoo_table(zoo):
+    table = compute_zoo(zoo, NAMES, options=OPTIONS, progress=False, log=lambda *a: None)
+    run_id = ids(zoo)[0]
+    row = compute_run(zoo / "runs" / run_id, NAMES, **OPTIONS)
+    assert row.columns.tolist() == ["run_id", *NAMES]
+    assert row.iloc[0].to_dict() == table.set_index("run_id").loc[run_id].to_dict() | {"run_id": run_id}
