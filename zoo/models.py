@@ -52,17 +52,15 @@ class OutputMap:
         """S goes straight back into R^d (S W_qkv^T or S itself), so K*p must equal d."""
         return self.kind == "identity" or self.tied and self.transpose
 
-    def apply(self, s: torch.Tensor, w_qkv: torch.Tensor, own: "Params") -> torch.Tensor:
-        """S (E, ..., K*p) -> (E, ..., d); ``w_qkv`` (E, K*p, d); ``own`` the map's parameters (learned only)."""
+    def apply(self, s: torch.Tensor, attn: "Params") -> torch.Tensor:
+        """S (E, ..., K*p) -> (E, ..., d); ``attn`` the MSSA's parameters (``qkv``, ``output_map``)."""
         if self.kind == "learned":
-            return linear(s, own["linear.weight"], own["linear.bias"])
+            return attn.linear(s, "output_map.linear")
         if self.kind == "identity":
             return s
-        flat = s.reshape(s.shape[0], -1, s.shape[-1])
-        out = torch.bmm(flat, w_qkv.transpose(1, 2) if self.transpose else w_qkv)
-        if self.sign != 1.0:
-            out = self.sign * out
-        return out.reshape(*s.shape[:-1], out.shape[-1])
+        w_qkv = attn.value("qkv.weight")                                              # (E, K*p, d) = U^T
+        out = attn.matmul(s, w_qkv.transpose(-1, -2) if self.transpose else w_qkv)
+        return self.sign * out if self.sign != 1.0 else out
 
 
 OUTPUT_MAPS: dict[str, OutputMap] = {
@@ -144,22 +142,57 @@ class ModelConfig:
 # Parameters with a member axis, dropout, and the batched primitives the forward is written in.
 
 class Params:
-    """Stacked parameters (E, *shape) read by their CRATE names relative to a module path (``at``)."""
+    """Parameters by their CRATE names relative to a module path (``at``), and the three ways the forward applies
+    them: ``linear``, ``layer_norm`` and ``matmul``, each over a leading member axis E of the activations.
 
-    def __init__(self, tensors: dict[str, torch.Tensor], prefix: str = ""):
-        self.tensors, self.prefix = tensors, prefix
+    Stacked (E members, ``params[name]`` of shape (E, *shape)) they are batched kernels. A lone module's own
+    parameters (``Params.of``, no member axis) go through torch's one-model kernels (``F.linear``, fused LayerNorm,
+    ``mm``) on the activations' single member: the same values as the batched kernels at E = 1 (tested), but the
+    backward of a stack of one costs ~1.4x these (bmm's weight gradients and one view per parameter), and single-model
+    measures take gradients. The zoo always trains stacked, a group of one included, so that a member's bits do not
+    depend on its group.
+    """
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.tensors[self.prefix + name]
-
-    def at(self, module: str) -> "Params":
-        return Params(self.tensors, f"{self.prefix}{module}.")
+    def __init__(self, tensors: dict[str, torch.Tensor], prefix: str = "", lone: bool = False):
+        self.tensors, self.prefix, self.lone = tensors, prefix, lone
 
     @staticmethod
     def of(module: nn.Module) -> "Params":
-        """A module's own parameters as a stack of one (read through ``named_parameters``, so that
-        ``functional_call`` substitutes them)."""
-        return Params({name: p.unsqueeze(0) for name, p in module.named_parameters()})
+        """A module's own parameters (read through ``named_parameters``, so that ``functional_call`` substitutes
+        them), applied as one model."""
+        return Params(dict(module.named_parameters()), lone=True)
+
+    def at(self, module: str) -> "Params":
+        return Params(self.tensors, f"{self.prefix}{module}.", self.lone)
+
+    def value(self, name: str) -> torch.Tensor:
+        """The tensor as stored: (E, *shape) stacked, (*shape) lone."""
+        return self.tensors[self.prefix + name]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """The tensor with its member axis, (E, *shape) (E = 1 for a lone module)."""
+        return self.value(name).unsqueeze(0) if self.lone else self.value(name)
+
+    def linear(self, x: torch.Tensor, module: str) -> torch.Tensor:
+        """x (E, ..., in) -> (E, ..., out) through the Linear ``module`` (its bias if it has one)."""
+        weight, bias = self.value(f"{module}.weight"), self.tensors.get(f"{self.prefix}{module}.bias")
+        if self.lone:
+            return F.linear(x[0], weight, bias).unsqueeze(0)
+        return linear(x, weight, bias)
+
+    def layer_norm(self, x: torch.Tensor, module: str) -> torch.Tensor:
+        """LayerNorm ``module`` over the last axis of x (E, ..., d); x may be one batch (1, ...) for every member."""
+        weight, bias = self.value(f"{module}.weight"), self.value(f"{module}.bias")
+        if self.lone:
+            return F.layer_norm(x[0], x.shape[-1:], weight, bias).unsqueeze(0)
+        return layer_norm(x, weight, bias)
+
+    def matmul(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """x (E, ..., k) @ matrix (E, k, m), or (k, m) lone."""
+        if self.lone:
+            return (x[0] @ matrix).unsqueeze(0)
+        flat = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), matrix)
+        return flat.reshape(*x.shape[:-1], matrix.shape[-1])
 
 
 def no_dropout(x: torch.Tensor) -> torch.Tensor:
@@ -191,10 +224,11 @@ def _affine_shape(x: torch.Tensor, param: torch.Tensor) -> tuple[int, ...]:
     return (param.shape[0],) + (1,) * (x.ndim - 2) + (param.shape[-1],)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, normalized: torch.Tensor | None = None):
-    """LayerNorm with per-member affine (E, d). ``addcmul`` rounds like the fused CPU kernel's final fma, so the
-    result equals ``nn.LayerNorm`` bit for bit; ``normalized`` passes an already normalised (broadcast) x."""
-    y = F.layer_norm(x, x.shape[-1:]) if normalized is None else normalized
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm with per-member affine (E, d) of x (E, ..., d), or of one batch (1, ..., d) shared by all members
+    (normalised once, broadcast). ``addcmul`` rounds like the fused CPU kernel's final fma, so the result equals
+    ``nn.LayerNorm`` bit for bit."""
+    y = F.layer_norm(x, x.shape[-1:])
     return torch.addcmul(bias.view(_affine_shape(y, bias)), y, weight.view(_affine_shape(y, weight)))
 
 
@@ -237,12 +271,10 @@ def patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def tokenize(cfg: ModelConfig, p: Params, images: torch.Tensor, dropout=no_dropout) -> torch.Tensor:
     """Images (B, c, h, w), shared by every member, or (E, B, c, h, w) -> tokens Z^1 (E, B, N = n+1, d)."""
-    e = p["cls_token"].shape[0]
-    x = patches(images, cfg.patch_size)
-    shared = F.layer_norm(x, x.shape[-1:]).expand(e, *x.shape) if x.ndim == 3 else None  # normalised once
-    x = layer_norm(x, p["patch_norm.weight"], p["patch_norm.bias"], shared)
-    x = layer_norm(linear(x, p["patch_embed.weight"], p["patch_embed.bias"]), p["embed_norm.weight"],
-                   p["embed_norm.bias"])                                                # (E, B, n, d)
+    x = patches(images, cfg.patch_size)                                             # (E or 1, B, n, s*s*c)
+    x = p.layer_norm(x if images.ndim == 5 else x.unsqueeze(0), "patch_norm")      # (E, B, n, s*s*c)
+    x = p.layer_norm(p.linear(x, "patch_embed"), "embed_norm")                      # (E, B, n, d)
+    e = x.shape[0]
     cls = p["cls_token"].reshape(e, 1, 1, -1).expand(e, x.shape[1], 1, cfg.dim)
     return dropout(torch.cat([cls, x], dim=2) + p["pos_embedding"])
 
@@ -254,11 +286,10 @@ def mssa(cfg: ModelConfig, p: Params, z: torch.Tensor, dropout=no_dropout) -> to
     """(E, B, N, d) -> (E, B, N, d): SSA per head, then the variant's output map."""
     e, b, n, _ = z.shape
     k, hd = cfg.heads, cfg.head_dim
-    w_qkv = p["qkv.weight"]                                                         # (E, K*p, d) = U^T
-    w = linear(z, w_qkv).reshape(e, b, n, k, hd).transpose(2, 3)                    # (E, B, K, N, p) = (U_k^T Z)^T
+    w = p.linear(z, "qkv").reshape(e, b, n, k, hd).transpose(2, 3)                  # (E, B, K, N, p) = (U_k^T Z)^T
     attn = softmax_last(w @ w.transpose(-1, -2) * cfg.scale)                        # (E, B, K, N, N)
     s = (dropout(attn) @ w).transpose(2, 3).reshape(e, b, n, k * hd)                # (E, B, N, K*p)
-    return dropout(output_map(cfg.variant).apply(s, w_qkv, p.at("output_map")))
+    return dropout(output_map(cfg.variant).apply(s, p))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -273,27 +304,26 @@ def ista_map(d: torch.Tensor, step: float) -> torch.Tensor:
 def ista(cfg: ModelConfig, p: Params, z: torch.Tensor) -> torch.Tensor:
     # Row form: x + eta (x D - x D^T D) = x (I + eta (D - D^T D)); one matmul with this d x d map instead of
     # three with D (same function, ~half the layer's arithmetic).
-    flat = torch.bmm(z.reshape(z.shape[0], -1, z.shape[-1]), ista_map(p["weight"], cfg.ista_step))
-    return F.relu(flat - cfg.ista_step * cfg.ista_lambda).reshape(z.shape)
+    return F.relu(p.matmul(z, ista_map(p.value("weight"), cfg.ista_step)) - cfg.ista_step * cfg.ista_lambda)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Layer (CRATE eq. 18): Z^{l+1/2} = Z^l + MSSA(LN(Z^l)); Z^{l+1} = ISTA(LN(Z^{l+1/2})), no skip around ISTA.
 
 def crate_layer(cfg: ModelConfig, p: Params, z: torch.Tensor, dropout=no_dropout):
-    z_half = z + mssa(cfg, p.at("attn"), layer_norm(z, p["attn_norm.weight"], p["attn_norm.bias"]), dropout)
-    return z_half, ista(cfg, p.at("ista"), layer_norm(z_half, p["ista_norm.weight"], p["ista_norm.bias"]))
+    z_half = z + mssa(cfg, p.at("attn"), p.layer_norm(z, "attn_norm"), dropout)
+    return z_half, ista(cfg, p.at("ista"), p.layer_norm(z_half, "ista_norm"))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Model: tokenizer, L layers, cls pooling, LN + linear head.
 
-def crate_forward(cfg: ModelConfig, params: dict[str, torch.Tensor], images: torch.Tensor, dropout=no_dropout,
-                  return_features: bool = False):
+def crate_forward(cfg: ModelConfig, params: dict[str, torch.Tensor] | Params, images: torch.Tensor,
+                  dropout=no_dropout, return_features: bool = False):
     """Logits (E, B, classes) of the E members in ``params`` on ``images`` ((B, c, h, w) shared, or one batch per
     member (E, B, c, h, w)); with ``return_features`` also, per layer, Z_in, Z_half, Z_out (E, B, N, d).
     ``dropout`` is a ``MemberDropout`` in training and the identity (the default) in eval mode."""
-    p = Params(params)
+    p = params if isinstance(params, Params) else Params(params)
     z = tokenize(cfg, p.at("tokenizer"), images, dropout)
     features = []
     for layer in range(cfg.depth):
@@ -301,8 +331,7 @@ def crate_forward(cfg: ModelConfig, params: dict[str, torch.Tensor], images: tor
         if return_features:
             features.append({"Z_in": z, "Z_half": z_half, "Z_out": z_out})
         z = z_out
-    logits = linear(layer_norm(z[:, :, 0], p["head_norm.weight"], p["head_norm.bias"]), p["head.weight"],
-                    p["head.bias"])
+    logits = p.linear(p.layer_norm(z[:, :, 0], "head_norm"), "head")                 # (E, B, classes)
     return (logits, features) if return_features else logits
 
 
@@ -345,7 +374,8 @@ class VariantOutput(nn.Module):
             self.linear.requires_grad_(self.spec.trainable)
 
     def forward(self, s: torch.Tensor, w_qkv: torch.Tensor) -> torch.Tensor:
-        return self.spec.apply(s.unsqueeze(0), w_qkv.unsqueeze(0), Params.of(self))[0]
+        own = {"qkv.weight": w_qkv, **{f"output_map.{n}": p for n, p in self.named_parameters()}}
+        return self.spec.apply(s.unsqueeze(0), Params(own, lone=True))[0]
 
     def extra_repr(self) -> str:
         return repr(self.spec)
@@ -404,7 +434,7 @@ class CRATE(_Module):
 
     def forward(self, images: torch.Tensor, return_features: bool = False):
         """Logits (B, classes); with ``return_features`` also, per layer, Z_in, Z_half, Z_out of shape (B, N, d)."""
-        out = crate_forward(self.config, Params.of(self).tensors, images, self.dropout(), return_features)
+        out = crate_forward(self.config, Params.of(self), images, self.dropout(), return_features)
         if not return_features:
             return out[0]
         logits, features = out
@@ -412,7 +442,7 @@ class CRATE(_Module):
 
     def subspaces(self) -> torch.Tensor:
         """U^l for every layer, shape (depth, K, d, p): U_k = (rows k*p..(k+1)*p of W_qkv)^T."""
-        return subspaces(self.config, Params.of(self).tensors)[0]
+        return subspaces(self.config, {n: p.unsqueeze(0) for n, p in self.named_parameters()})[0]
 
 
 def subspaces(cfg: ModelConfig, params: dict[str, torch.Tensor]) -> torch.Tensor:

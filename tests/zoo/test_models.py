@@ -297,11 +297,18 @@ def plain_forward(model: CRATE, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_forward_equals_torchs_one_model_ops_bit_for_bit(variant):
+def test_forward_equals_torchs_one_model_ops_bit_for_bit_gradients_included(variant):
     model = perturbed_model(tiny(variant), 0).eval()
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        assert torch.equal(model(x), plain_forward(model, x))
+    y = torch.arange(5)
+    grads = []
+    for forward in (model, lambda images: plain_forward(model, images)):
+        logits = forward(x)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        grads.append((logits, torch.autograd.grad(F.cross_entropy(logits, y), trainable)))
+    (a, grad_a), (b, grad_b) = grads
+    assert torch.equal(a, b)
+    assert all(torch.equal(ga, gb) for ga, gb in zip(grad_a, grad_b))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -315,6 +322,8 @@ def test_eval_logits_of_a_stack_equal_each_models_forward(variant):
         assert torch.equal(got, torch.stack([m(shared) for m in models]))
         got = crate_forward(models[0].config, stack_params(models), own)
         assert torch.equal(got, torch.stack([m(xe) for m, xe in zip(models, own)]))
+        # a stack of one (the zoo's group of one) too
+        assert torch.equal(crate_forward(models[0].config, stack_params(models[:1]), shared)[0], models[0](shared))
 
 
 def test_features_of_a_stack_are_each_models_features():
