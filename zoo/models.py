@@ -2,11 +2,12 @@
 
 The forward pass is written once, read top to bottom like the paper: tokenizer, MSSA (with the output map that the
 variants change), ISTA, layer, model. It is a set of functions over parameters with a leading member axis E:
-``params[name]`` has shape (E, *shape of the CRATE parameter ``name``). One model is E = 1 (``CRATE.forward`` calls
-these functions on its own parameters, so ``torch.func.functional_call`` still substitutes them); E ensemble members
-or E perturbed copies of one model are one call, where each Linear is one batched matmul (``bmm``/``baddbmm``) and
-E small models pay one model's per-operation overhead. On the CPU member e of a stack gives the same bits as a
-model of its own (tested).
+``params[name]`` has shape (E, *shape of the CRATE parameter ``name``). E ensemble members or E perturbed copies of
+one model are one call, where each Linear is one batched matmul (``bmm``/``baddbmm``) and E small models pay one
+model's per-operation overhead. One model is E = 1: ``CRATE.forward`` calls the same functions on its own
+parameters (read through ``named_parameters``, so ``torch.func.functional_call`` still substitutes them), applied
+with torch's one-model kernels (``Params``). On the CPU member e of a stack gives the same logits, bit for bit, as
+the model of its own (tested).
 
 The nn.Modules below own the parameters (names and shapes are those of every stored checkpoint) and call the same
 functions. Row convention throughout: tokens are rows and a Linear computes ``x @ W.T``, so the qkv weight ``W_qkv``
@@ -147,10 +148,10 @@ class Params:
 
     Stacked (E members, ``params[name]`` of shape (E, *shape)) they are batched kernels. A lone module's own
     parameters (``Params.of``, no member axis) go through torch's one-model kernels (``F.linear``, fused LayerNorm,
-    ``mm``) on the activations' single member: the same values as the batched kernels at E = 1 (tested), but the
-    backward of a stack of one costs ~1.4x these (bmm's weight gradients and one view per parameter), and single-model
-    measures take gradients. The zoo always trains stacked, a group of one included, so that a member's bits do not
-    depend on its group.
+    ``mm``; the activations' member axis of 1 folds into the rows): the same values as the batched kernels at E = 1
+    (tested) and the gradients of the former one-model modules, where a stack of one's backward cost ~1.4x
+    (measured: bmm's weight gradients), and single-model measures take gradients. The zoo always trains stacked, a
+    group of one included, so that a member's bits do not depend on its group.
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor], prefix: str = "", lone: bool = False):
@@ -177,20 +178,20 @@ class Params:
         """x (E, ..., in) -> (E, ..., out) through the Linear ``module`` (its bias if it has one)."""
         weight, bias = self.value(f"{module}.weight"), self.tensors.get(f"{self.prefix}{module}.bias")
         if self.lone:
-            return F.linear(x[0], weight, bias).unsqueeze(0)
+            return F.linear(x, weight, bias)
         return linear(x, weight, bias)
 
     def layer_norm(self, x: torch.Tensor, module: str) -> torch.Tensor:
         """LayerNorm ``module`` over the last axis of x (E, ..., d); x may be one batch (1, ...) for every member."""
         weight, bias = self.value(f"{module}.weight"), self.value(f"{module}.bias")
         if self.lone:
-            return F.layer_norm(x[0], x.shape[-1:], weight, bias).unsqueeze(0)
+            return F.layer_norm(x, x.shape[-1:], weight, bias)
         return layer_norm(x, weight, bias)
 
     def matmul(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """x (E, ..., k) @ matrix (E, k, m), or (k, m) lone."""
         if self.lone:
-            return (x[0] @ matrix).unsqueeze(0)
+            return x @ matrix
         flat = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), matrix)
         return flat.reshape(*x.shape[:-1], matrix.shape[-1])
 

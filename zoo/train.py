@@ -42,7 +42,7 @@ STATE_FORMAT = "ensemble-1"  # tag of a run's resumable state
 
 # extra_loss(params, features, y) -> (E,): a term added to each member's mean CE of a step; ``params`` are the
 # training members' stacked parameters, ``features`` the per-layer Z_in, Z_half, Z_out (E, B, N, d) of the step and
-# ``y`` its labels (E, B)
+# ``y`` its labels (E, B). When a member's loss is not finite the others redo the step, calling it again.
 ExtraLoss = Callable[[dict, list, torch.Tensor], torch.Tensor]
 
 
