@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from tests.zoo.test_train import data, assert_same_weights, new_model, train, without_seconds  # noqa: F401 (fixture)
+from tests.zoo.test_train import assert_same_weights, new_model, train, without_seconds
 from zoo import stopping
 from zoo.data import load_dataset
 from zoo.models import crate_forward

@@ -6,18 +6,12 @@ import pytest
 import torch
 
 from benchmark.reference import train_plain
-from zoo.data import load_dataset
 from zoo.models import CRATE, ModelConfig
 from zoo.store import load_checkpoint, save_checkpoint
 from zoo.train import STATE_FORMAT, TrainConfig, evaluate, lr_factor, resolve_device, train_ensemble, train_model
 
 # (lr, dropout, seed) of three members that differ in everything a group allows
 MEMBERS = [(3e-3, 0.0, 0), (1e-2, 0.1, 1), (5e-3, 0.0, 2)]
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_dataset("digits", n_train=120, n_test=60)
 
 
 def new_model(seed=0, dropout=0.0, dim=8, variant="crate"):
