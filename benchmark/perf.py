@@ -119,18 +119,19 @@ def perf_searches(quick: bool) -> list[dict]:
 
 
 def perf_ensemble_training(quick: bool) -> list[dict]:
-    """Ensemble training (``zoo.ensemble``) against one-model-at-a-time ``train_model`` on groups of the default
-    digits zoo (all 6 lr x dropout runs of a group, fixed epochs with no CE target so that both do the same work);
-    plus the ensemble with groups of one, which must give the same bits."""
+    """Ensemble training (``zoo.train``) against the plain one-model loop (``benchmark.reference.train_plain``), one
+    run at a time, on groups of the default digits zoo (all 6 lr x dropout runs of a group, fixed epochs with no CE
+    target so that both do the same work); plus the ensemble with groups of one, which must give the same bits."""
     from benchmark.profiles import resolve_profile
-    from zoo.ensemble import train_ensemble
+    from benchmark.reference import train_plain
+    from zoo.train import train_ensemble
     from zoo.runner import cached_dataset, dataset_shape, init_model, plan_groups
     profile = resolve_profile("digits-small")   # the old default: the same work as the figures before it
     runs = profile.runs(*dataset_shape(profile.data, None))
     data = cached_dataset(profile.data, None)
     epochs = 1 if quick else 3
     warm = replace(runs[0].train, max_epochs=1, target_ce=0.0)   # first-call costs (allocations, dispatch) go here
-    train_model(init_model(runs[0]), data, warm)
+    train_plain(init_model(runs[0]), data, warm)
     train_ensemble([init_model(runs[0])], ["warm-up"], [warm], data)
     rows = []
     for group in plan_groups(runs, 8):
@@ -140,7 +141,7 @@ def perf_ensemble_training(quick: bool) -> list[dict]:
         cfgs = [replace(c.train, max_epochs=epochs, target_ce=0.0) for c in group]
 
         def one_at_a_time():
-            return [train_model(init_model(c), data, t) for c, t in zip(group, cfgs)]
+            return [train_plain(init_model(c), data, t) for c, t in zip(group, cfgs)]
 
         def ensemble(size):
             finals = {}
@@ -157,8 +158,8 @@ def perf_ensemble_training(quick: bool) -> list[dict]:
         rows.append({"task": f"ensemble training (crate d={first.model.dim}, batch {first.train.batch_size}, "
                              f"{len(group)} runs x {epochs} epochs)",
                      "reference_s": ref_s, "fast_s": fast_s, "agree": bool(close and same),
-                     "detail": "one stacked ensemble vs train_model one run at a time; agree = final train CE "
-                               "within 1e-3 of one-at-a-time and weights bit-equal to groups of one"})
+                     "detail": "one stacked ensemble vs the plain loop (train_plain) one run at a time; agree = final "
+                               "train CE within 1e-3 of one-at-a-time and weights bit-equal to groups of one"})
     return rows
 
 
@@ -173,7 +174,7 @@ def training_gflops(quick: bool) -> list[dict]:
     """Achieved training GFLOP/s (forward + backward FLOPs counted by torch) of one model trained alone and of 6
     trained as one ensemble, against a large-matmul peak measured here at the same thread count."""
     from torch.utils.flop_counter import FlopCounterMode
-    from zoo.ensemble import train_ensemble
+    from zoo.train import train_ensemble
     data = load_dataset("digits", n_train=600)
     bs, members = 64, 6
 
@@ -190,7 +191,7 @@ def training_gflops(quick: bool) -> list[dict]:
                                                   [str(s) for s in range(members)], cfgs, data))
     peak = matmul_peak_gflops(512 if quick else 1024)
     rows = []
-    for how, n_models, seconds in (("one model (train_model)", 1, alone_s),
+    for how, n_models, seconds in (("one model (train_model, a group of one)", 1, alone_s),
                                    (f"{members} models as one ensemble", members, together_s)):
         achieved = flops_per_step * n_models * metrics["steps"] / seconds / 1e9
         rows.append({"trainer": how, "model": f"crate dim 64 depth 3, 5 tokens, batch {bs}",

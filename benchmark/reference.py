@@ -1,4 +1,9 @@
-"""Plain sequential reference implementations, kept for the performance benchmark (``srrbench perf``).
+"""Plain sequential reference implementations, kept for the performance benchmark (``srrbench perf``) and as test
+oracles.
+
+``train_plain`` is the textbook one-model training loop that ``zoo.train`` replaces: torch.optim.AdamW on the
+nn.Module, the full training and test sets evaluated after every epoch, the same stopping rule, schedule, data
+order and dropout masks (so its weights agree with ``zoo.train.train_model``'s to float rounding).
 
 ``sigma_search_sequential`` is the textbook σ′ search that ``measures.pacbayes.sigma_search`` replaces: a deep copy
 of the model whose weights are overwritten in place, one Monte-Carlo draw at a time, the whole sample in one
@@ -20,9 +25,67 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from zoo.data import Dataset
+from zoo.train import TrainConfig, evaluate, lr_factor, summarize
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    """torch.optim.AdamW on the trainable parameters, with ``zoo.train``'s warmup + cosine schedule per step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.max_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    return optimizer, scheduler
+
+
+def train_plain(model: nn.Module, data: Dataset, cfg: TrainConfig) -> dict:
+    """Train ``model`` in place, one step at a time, evaluating both sets after every epoch; return its metrics
+    (those of ``zoo.train.train_model``). Dropout draws come from the global generator, seeded with ``cfg.seed``
+    (the masks ``train_model``'s member generator draws)."""
+    cfg.validate()
+    n = len(data.x_train)
+    optimizer, scheduler = make_optimizer(model, cfg, math.ceil(n / cfg.batch_size))
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    epoch, step, elapsed, history, status, reached, diverged_at = 0, 0, 0.0, [], "running", False, None
+    model.train()
+    while epoch < cfg.max_epochs and not reached:
+        start = time.perf_counter()
+        order = torch.randperm(n, generator=shuffle)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx], label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                diverged_at = epoch + 1
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+        epoch += 1
+        if diverged_at is None and not all(torch.isfinite(p).all() for p in model.parameters()):
+            diverged_at = epoch
+        if diverged_at is not None:
+            status = "diverged"
+            break
+        train_loss, train_acc = evaluate(model, data.x_train, data.y_train, cfg.eval_batch_size)
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size)
+        elapsed += time.perf_counter() - start
+        history.append({"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed,
+                        "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                        "test_acc": test_acc})
+        if not math.isfinite(train_loss) or not math.isfinite(test_loss):
+            status, diverged_at = "diverged", epoch
+            break
+        reached = train_loss <= cfg.target_ce
+    return summarize(history, "done" if status != "diverged" else status, reached, epoch, step, elapsed, diverged_at)
 
 
 def sigma_search_sequential(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
-from zoo.models import CRATE, TiedOutput
+from zoo.models import CRATE, VariantOutput
 
 
 class MeasureUndefined(ValueError):
@@ -131,7 +131,7 @@ def path_weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None
     if shared == "once":
         return matrices
     tied = {name.rsplit(".", 1)[0] + ".qkv.weight" for name, module in model.named_modules()
-            if isinstance(module, TiedOutput)}
+            if isinstance(module, VariantOutput) and module.spec.tied}
     out = {}
     for name, w in matrices.items():
         out[name] = w

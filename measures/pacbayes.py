@@ -48,8 +48,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from zoo.models import CRATE
-from zoo.stacked import stacked_logits
+from zoo.models import CRATE, crate_forward
 
 from .registry import register_measure
 
@@ -103,10 +102,10 @@ def standard_noise(params: dict[str, torch.Tensor], seeds: list[int]) -> dict[st
 def batched_logits(model: nn.Module, batched_params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Logits (S, B, classes) of S parameter sets stacked along dim 0, eval mode.
 
-    A CRATE goes through ``zoo.stacked.stacked_logits`` (one batched matmul per layer for all S sets, bit-identical
+    A CRATE goes through ``zoo.models.crate_forward`` (one batched matmul per layer for all S sets, bit-identical
     to the model's own forward); any other module through vmap over ``functional_call``."""
     if isinstance(model, CRATE):
-        return stacked_logits(model.config, batched_params, x)
+        return crate_forward(model.config, batched_params, x)
     buffers = model_buffers(model)
     return vmap(lambda p: functional_call(model, (p, buffers), (x,)))(batched_params)
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.models import CRATE, IdentityOutput, LearnedOutput, TiedOutput
+from zoo.models import CRATE
 
 from .context import MeasureContext
 from .margin import log_margin_sq
@@ -140,17 +140,15 @@ def _mssa(z: _Scaled, attn, tokens: str) -> _Scaled:
         s = w.map(lambda v: v.sum(dim=0, keepdim=True).expand_as(v) / n ** 2)
     else:                                                               # A = I
         s = w
-    out_map = attn.output_map
-    if isinstance(out_map, LearnedOutput):                              # crate, crate-fix
-        return _linear(s, out_map.linear)
-    if isinstance(out_map, TiedOutput):                                 # crate-c, crate-n (sign^2 = 1), crate-t
-        sign_sq = float(out_map.sign) ** 2
-        if out_map.transpose:
+    spec = attn.output_map.spec                                         # the variant's OUTPUT_MAPS entry
+    if spec.kind == "learned":                                          # crate, crate-fix
+        return _linear(s, attn.output_map.linear)
+    if spec.kind == "tied":                                             # crate-c, crate-n (sign^2 = 1), crate-t
+        sign_sq = float(spec.sign) ** 2
+        if spec.transpose:
             return s.map(lambda v: sign_sq * (v @ w_qkv_sq.T))
         return s.map(lambda v: sign_sq * (v @ w_qkv_sq))
-    if isinstance(out_map, IdentityOutput):                             # crate-identity
-        return s
-    raise TypeError(f"no path-norm rule for output map {type(out_map).__name__}")
+    return s                                                            # identity (OutputMap allows no other kind)
 
 
 def _ista(z: _Scaled, ista) -> _Scaled:

@@ -167,3 +167,10 @@ def config_from_dict(cls, values: dict, section: str):
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
+
+
+def ensemble_key(cfg: RunConfig) -> str:
+    """Runs with equal keys can train as one ensemble: their configs differ only in lr, dropout and seed."""
+    d = cfg.canonical()
+    d["train"]["lr"] = d["train"]["seed"] = d["model"]["dropout"] = None
+    return config_hash(d)

@@ -1,7 +1,7 @@
 """Build a zoo: train a list of run configurations, locally in parallel or on a Dask cluster, resumably.
 
 Runs that differ only in lr, dropout and seed form ensemble groups that train as one stacked computation
-(``zoo.ensemble``); each run still gets its own checkpoints, state and metrics, equal bit for bit to training it
+(``zoo.train``); each run still gets its own checkpoints, state and metrics, equal bit for bit to training it
 alone with the same code.
 
 Rerunning the same command skips finished runs and continues unfinished ones from their last saved state. A run
@@ -23,12 +23,11 @@ import torch
 
 from .allocator import keep_freed_memory
 from .data import load_dataset
-from .ensemble import STATE_FORMAT, ensemble_key, train_ensemble
-from .config import DataConfig, RunConfig
+from .config import DataConfig, RunConfig, ensemble_key
 from .errors import BadValueError, MissingInputError
 from .models import CRATE
 from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, lock_lease, save_checkpoint
-from .train import resolve_device
+from .train import STATE_FORMAT, resolve_device, train_ensemble
 
 MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "n_train", "weight_decay",
                  "seed", "dataset",
@@ -70,7 +69,7 @@ def train_run(cfg: RunConfig, root: str | Path, data_dir: str | None = None, thr
 
 def train_group(cfgs: list[RunConfig], root: str | Path, data_dir: str | None = None,
                 threads: int | None = TRAIN_THREADS, device: str | None = "cpu", log=print) -> list[dict]:
-    """Train runs of one ensemble group (``zoo.ensemble.ensemble_key``) together as one stacked computation.
+    """Train runs of one ensemble group (``zoo.config.ensemble_key``) together as one stacked computation.
 
     A run locked by another process is left to it and a finished run returns its stored metrics; the rest train
     as one ensemble, each saving its epochs, state and results as it goes, exactly as a run trained alone would.

@@ -7,11 +7,13 @@ in turn), or at one layer drawn uniformly per step (``random``, the paper's effi
 Protocol, chosen so that accuracies are comparable and the test split decides nothing:
 - digits with the default profile's model (patch 4, depth 3, d = 32, 4 heads) and n_train = 600, of which a
   stratified ``val_fraction`` is carved out as a validation split; every model trains on the rest;
-- a fixed number of epochs (no CE-target stopping), AdamW + warmup/cosine from ``zoo.train``;
+- a fixed number of epochs (no CE-target stopping), trained by the one loop ``zoo.train.train_model`` with the
+  SRR term as its ``extra_loss`` hook (AdamW + warmup/cosine);
 - beta is chosen per variant from a small log grid by validation accuracy of the ``all`` mode with seed 0
   (``choose_beta``, which is handed the fit and validation tensors only), then fixed for every mode and seed;
-- test accuracy is reported as mean +- std over seeds; ``seconds`` is training time (no evaluation), and the
-  overhead is relative to CE alone of the same variant under the same worker setting.
+- test accuracy is reported as mean +- std over seeds; ``seconds`` is the loop's time (training, with its cheap
+  stopping-rule probe of 128 images per epoch and the final evaluation), and the overhead is relative to CE alone
+  of the same variant under the same worker setting.
 """
 from __future__ import annotations
 
@@ -23,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from measures.srr import srr_loss
-from zoo.data import load_dataset
-from zoo.models import MAIN_VARIANTS, build_model
-from zoo.train import TrainConfig, evaluate, make_optimizer
+from zoo.data import Dataset, load_dataset
+from zoo.models import MAIN_VARIANTS, build_model, subspaces
+from zoo.train import TrainConfig, evaluate, train_model
 
 from .artifacts import pyplot, run_jobs, save_figure, write_csv
 
@@ -75,7 +76,8 @@ def modes_for(depth: int) -> list[Mode]:
 
 
 def split_data(cfg: RegularizeConfig, data_dir: str | None = None):
-    """(fit, val, test) as (x, y) pairs: val is a stratified carve-out of digits' training subset."""
+    """(fit, val, test) as (x, y) pairs: val is a stratified carve-out of digits' training subset; and the loaded
+    dataset (its shape and normalisation)."""
     from sklearn.model_selection import train_test_split
     data = load_dataset("digits", data_dir=data_dir, n_train=cfg.n_train, seed=cfg.split_seed)
     idx = np.arange(len(data.y_train))
@@ -87,6 +89,22 @@ def split_data(cfg: RegularizeConfig, data_dir: str | None = None):
     return fit, val, (data.x_test, data.y_test)
 
 
+def srr_term(cfg: RegularizeConfig, mode: Mode, beta: float, model_cfg, seed: int):
+    """The loop's ``extra_loss`` for ``mode``: beta * srr_loss per member, at the layers the mode picks (the random
+    layer drawn per step from its own generator, apart from the batch order); None for CE alone."""
+    if mode.name == "ce":
+        return None
+    pick = torch.Generator().manual_seed(seed + 7919)
+
+    def extra_loss(params: dict, features: list, y: torch.Tensor) -> torch.Tensor:
+        layers = {"all": None, "fixed": (mode.layer or 0) - 1,
+                  "random": int(torch.randint(cfg.depth, (1,), generator=pick))}[mode.name]
+        u = subspaces(model_cfg, params)
+        return torch.stack([beta * srr_loss([f["Z_out"][e] for f in features], u[e], cfg.eps_sq,
+                                            l1_weight=cfg.l1_weight, layers=layers) for e in range(len(u))])
+    return extra_loss
+
+
 def train_regularized(variant: str, cfg: RegularizeConfig, mode: Mode, beta: float, seed: int,
                       fit: tuple[torch.Tensor, torch.Tensor], evals: dict[str, tuple[torch.Tensor, torch.Tensor]]
                       ) -> dict:
@@ -96,39 +114,24 @@ def train_regularized(variant: str, cfg: RegularizeConfig, mode: Mode, beta: flo
     model = build_model(variant, image_size=x.shape[-1], patch_size=cfg.patch_size, channels=x.shape[1],
                         num_classes=int(y.max()) + 1, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads)
     tcfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, max_epochs=cfg.epochs,
-                       warmup_epochs=cfg.warmup_epochs, seed=seed)
-    optimizer, scheduler = make_optimizer(model, tcfg, math.ceil(len(x) / cfg.batch_size))
-    shuffle = torch.Generator().manual_seed(seed)
-    pick = torch.Generator().manual_seed(seed + 7919)   # the random layer's draws, apart from the batch order
-    status = "done"
-    model.train()
+                       warmup_epochs=cfg.warmup_epochs, target_ce=0.0, seed=seed)   # target 0: fixed length
+    # the loop needs a test split to evaluate at its last epoch: the first of ``evals`` (its numbers are unused)
+    data = fit_data(fit, next(iter(evals.values())), model.config.num_classes)
     start = time.perf_counter()
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(x), generator=shuffle)
-        for i in range(0, len(x), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
-            if mode.name == "ce":
-                loss = F.cross_entropy(model(x[idx]), y[idx])
-            else:
-                logits, features = model(x[idx], return_features=True)
-                layers = {"all": None, "fixed": (mode.layer or 0) - 1,
-                          "random": int(torch.randint(cfg.depth, (1,), generator=pick))}[mode.name]
-                loss = F.cross_entropy(logits, y[idx]) + beta * srr_loss(
-                    features, model.subspaces(), cfg.eps_sq, l1_weight=cfg.l1_weight, layers=layers)
-            if not torch.isfinite(loss):
-                status = "diverged"
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        if status != "done":
-            break
+    metrics = train_model(model, data, tcfg, extra_loss=srr_term(cfg, mode, beta, model.config, seed))
     seconds = time.perf_counter() - start
+    status = metrics["status"]
     accs = {f"{name}_acc": (evaluate(model, *xy)[1] if status == "done" else math.nan)
             for name, xy in evals.items()}
     return {"variant": variant, "mode": mode.name, "layer": mode.layer, "beta": beta if mode.name != "ce" else 0.0,
             "seed": seed, "seconds": seconds, "status": status, **accs}
+
+
+def fit_data(fit: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.Tensor, torch.Tensor], classes: int):
+    """A ``Dataset`` of the fit split (already normalised) and a held-out split, for the training loop."""
+    x, y = fit
+    return Dataset(name="digits-fit", x_train=x, y_train=y, x_test=held_out[0], y_test=held_out[1],
+                   num_classes=classes, channels=x.shape[1], image_size=x.shape[-1], mean=(0.0,), std=(1.0,))
 
 
 def choose_beta(variants, cfg: RegularizeConfig, fit, val, workers: int = 1) -> pd.DataFrame:

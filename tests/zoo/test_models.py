@@ -1,11 +1,20 @@
 """zoo.models: each variant's output map is its definition, the layer is CRATE's, the counts are the paper's."""
+import dataclasses
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.models import (ISTA, MSSA, NEEDS_SQUARE_HEADS, VARIANTS, CRATE, ModelConfig, build_model,
-                        count_parameters, make_output_map)
-from zoo.train import TrainConfig, make_optimizer, train_model
+from benchmark.reference import make_optimizer
+from measures.compute import evaluate_measures, make_context
+from measures.context import MeasureOptions
+from measures.pathnorm import path_norm_forward
+from zoo.data import load_dataset
+from zoo.models import (ISTA, MSSA, NEEDS_SQUARE_HEADS, OUTPUT_MAPS, VARIANTS, CRATE, MemberDropout, ModelConfig,
+                        OutputMap, build_model, count_parameters, crate_forward, ista_map, layer_norm,
+                        make_output_map, output_map, patches, softmax_last)
+from zoo.train import TrainConfig, train_model
 
 
 def tiny(variant="crate", **kw):
@@ -86,8 +95,6 @@ def test_crate_fix_starts_at_crates_init():
 
 
 def test_crate_fix_output_map_frozen_through_training():
-    from zoo.data import load_dataset
-
     torch.manual_seed(0)
     model = CRATE(tiny("crate-fix", dim=8, depth=1))
     frozen = {n: p for n, p in model.named_parameters() if ".output_map." in n}
@@ -249,3 +256,192 @@ def test_tokenizer_patch_order_is_crates_rearrange():
         for j in range(2):
             expected = [images[0, c, 4 * i + p1, 4 * j + p2] for p1 in range(4) for p2 in range(4) for c in range(2)]
             assert torch.equal(patches[0, 2 * i + j], torch.stack(expected))
+
+
+# --- the one forward: a member of a stack is its own model, bit for bit ----------------------------------------
+
+SEEDS = (0, 1, 2)
+
+
+def perturbed_model(cfg, seed):
+    """A CRATE moved away from its init (LayerNorm weights not 1, biases not 0), so no parameter is trivial."""
+    torch.manual_seed(seed)
+    model = CRATE(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def stack_params(models):
+    named = [dict(m.named_parameters()) for m in models]
+    return {name: torch.stack([nm[name].detach() for nm in named]) for name in named[0]}
+
+
+def plain_forward(model: CRATE, x: torch.Tensor) -> torch.Tensor:
+    """CRATE in eval mode written with torch's one-model ops (F.linear, F.layer_norm, x @ W): the forward as it
+    was before it was written over a member axis, the oracle that stored checkpoints still give the same logits."""
+    cfg = model.config
+    tok = model.tokenizer
+    z = tok.embed_norm(tok.patch_embed(tok.patch_norm(tok.patches(x))))
+    z = torch.cat([tok.cls_token.expand(len(x), -1, -1), z], dim=1) + tok.pos_embedding
+    for layer in model.layers:
+        y = layer.attn_norm(z)
+        w_qkv = layer.attn.qkv.weight
+        b, n, _ = y.shape
+        w = F.linear(y, w_qkv).reshape(b, n, cfg.heads, cfg.head_dim).transpose(1, 2)
+        s = (softmax_last(w @ w.transpose(-1, -2) * cfg.scale) @ w).transpose(1, 2).reshape(b, n, -1)
+        z = z + by_hand_output_map(cfg.variant, layer.attn, s)
+        z = F.relu(layer.ista_norm(z) @ ista_map(layer.ista.weight, cfg.ista_step) - cfg.ista_step * cfg.ista_lambda)
+    return model.head(model.head_norm(z[:, 0]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_equals_torchs_one_model_ops_bit_for_bit_gradients_included(variant):
+    model = perturbed_model(tiny(variant), 0).eval()
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    y = torch.arange(5)
+    grads = []
+    for forward in (model, lambda images: plain_forward(model, images)):
+        logits = forward(x)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        grads.append((logits, torch.autograd.grad(F.cross_entropy(logits, y), trainable)))
+    (a, grad_a), (b, grad_b) = grads
+    assert torch.equal(a, b)
+    assert all(torch.equal(ga, gb) for ga, gb in zip(grad_a, grad_b))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_eval_logits_of_a_stack_equal_each_models_forward(variant):
+    models = [perturbed_model(tiny(variant), s).eval() for s in SEEDS]
+    shared = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    own = torch.randn(3, 5, 1, 8, 8, generator=torch.Generator().manual_seed(10))      # (E, B, c, h, w)
+    with torch.no_grad():
+        got = crate_forward(models[0].config, stack_params(models), shared)
+        assert got.shape == (3, 5, 10)
+        assert torch.equal(got, torch.stack([m(shared) for m in models]))
+        got = crate_forward(models[0].config, stack_params(models), own)
+        assert torch.equal(got, torch.stack([m(xe) for m, xe in zip(models, own)]))
+        # a stack of one (the zoo's group of one) too
+        assert torch.equal(crate_forward(models[0].config, stack_params(models[:1]), shared)[0], models[0](shared))
+
+
+def test_features_of_a_stack_are_each_models_features():
+    models = [perturbed_model(tiny("crate-c"), s).eval() for s in SEEDS]
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        _, stacked = crate_forward(models[0].config, stack_params(models), x, return_features=True)
+        for e, m in enumerate(models):
+            _, own = m(x, return_features=True)
+            for a, b in zip(stacked, own):
+                assert all(torch.equal(a[k][e], b[k]) for k in ("Z_in", "Z_half", "Z_out"))
+
+
+def test_functional_call_substitutes_the_parameters():
+    # the measures perturb a model through functional_call: the forward must read the substituted tensors
+    model = perturbed_model(tiny("crate"), 0).eval()
+    other = perturbed_model(tiny("crate"), 1).eval()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        got = torch.func.functional_call(model, dict(other.named_parameters()), (x,))
+        assert torch.equal(got, other(x)) and not torch.equal(got, model(x))
+
+
+def test_train_mode_dropout_masks_equal_nn_dropout_seeded_alike():
+    rates = [0.0, 0.1, 0.3]
+    models = [perturbed_model(tiny(dropout=p), s).train() for p, s in zip(rates, SEEDS)]
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    expected = []
+    for m, s in zip(models, SEEDS):
+        torch.manual_seed(s)                                     # a lone model draws from the global generator
+        expected.append(m(x).detach())
+    dropout = MemberDropout(rates, [torch.Generator().manual_seed(s) for s in SEEDS])
+    with torch.no_grad():
+        got = crate_forward(models[0].config, stack_params(models), x, dropout)
+        plain = crate_forward(models[0].config, stack_params(models), x)
+    for e in range(3):
+        assert torch.equal(got[e], expected[e]), f"member {e} (rate {rates[e]})"
+    # the check has teeth: in eval mode (no masks) the members with rate > 0 give other logits
+    assert torch.equal(plain[0], got[0]) and not torch.equal(plain[2], got[2])
+    # and the masks are nn.Dropout's: one site, the global generator seeded alike
+    torch.manual_seed(3)
+    reference = torch.nn.Dropout(0.3).train()(torch.ones(4, 7))
+    torch.manual_seed(3)
+    assert torch.equal(MemberDropout([0.3], [None])(torch.ones(1, 4, 7))[0], reference)
+
+
+def test_a_member_with_rate_zero_draws_nothing_from_its_generator():
+    generators = [torch.Generator().manual_seed(s) for s in SEEDS]
+    before = [g.get_state() for g in generators]
+    MemberDropout([0.0, 0.2, 0.0], generators)(torch.ones(3, 4, 5))
+    assert torch.equal(generators[0].get_state(), before[0])
+    assert torch.equal(generators[2].get_state(), before[2])
+    assert not torch.equal(generators[1].get_state(), before[1])
+
+
+def test_layer_norm_equals_functional_layer_norm_per_member():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 16, generator=g) * 3 + 1                               # (E, B, N, d)
+    weight, bias = 1 + torch.randn(3, 16, generator=g), torch.randn(3, 16, generator=g)
+    got = layer_norm(x, weight, bias)
+    for e in range(3):
+        assert torch.equal(got[e], F.layer_norm(x[e], (16,), weight[e], bias[e])), e
+
+
+def test_patches_are_crates_layout_for_three_channels():
+    # 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)': patch (i, j) row-major, each flattened pixel by pixel, channels inner
+    images = torch.arange(2 * 3 * 8 * 12, dtype=torch.float32).reshape(2, 3, 8, 12)  # every value distinct
+    got = patches(images, 4)
+    assert got.shape == (2, 2 * 3, 4 * 4 * 3)
+    for i in range(2):
+        for j in range(3):
+            block = images[:, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4]                 # (b, c, p1, p2)
+            assert torch.equal(got[:, 3 * i + j], block.permute(0, 2, 3, 1).reshape(2, -1)), (i, j)
+
+
+def test_patches_take_a_leading_member_axis():
+    images = torch.arange(4 * 2 * 3 * 8 * 12, dtype=torch.float32).reshape(4, 2, 3, 8, 12)   # (E, B, c, h, w)
+    got = patches(images, 4)
+    assert got.shape == (4, 2, 6, 48)
+    for e in range(4):
+        assert torch.equal(got[e], patches(images[e], 4)), e
+
+
+# --- the variant table: an unknown variant is an error everywhere, a new one is one entry -------------------------
+
+def test_unknown_variant_is_an_error_everywhere():
+    cfg = tiny("crate")
+    model = CRATE(cfg)
+    params = stack_params([model])
+    x = torch.zeros(2, 1, 8, 8)
+    bad = dataclasses.replace(cfg, variant="crate-x")
+    for build in (lambda: bad.validate(), lambda: output_map("crate-x"), lambda: make_output_map("crate-x", 8, 8),
+                  lambda: crate_forward(bad, params, x)):            # the forward never falls back to another map
+        with pytest.raises(ValueError, match="unknown variant 'crate-x'; allowed: " + ", ".join(VARIANTS)):
+            build()
+    with pytest.raises(ValueError, match="learned, tied or identity"):
+        OutputMap("tied-twice")
+
+
+def test_an_added_variant_is_one_table_entry_and_trains_and_is_measured(monkeypatch):
+    """README "Add a variant": crate-nt (S -W_qkv^T) registered as one OUTPUT_MAPS entry is validated, built,
+    trained by the one loop and measured (path-norm reads the same table, the noise searches the same forward)."""
+    monkeypatch.setitem(OUTPUT_MAPS, "crate-nt", OutputMap("tied", sign=-1.0, transpose=True))
+    with pytest.raises(ValueError, match="heads\\*dim_head = dim"):
+        CRATE(tiny("crate-nt", dim_head=3))                       # square heads, derived from the entry
+    torch.manual_seed(0)
+    model = CRATE(tiny("crate-nt"))
+    s = torch.randn(3, 5, 8)
+    w_qkv = model.layers[0].attn.qkv.weight
+    assert torch.equal(model.layers[0].attn.output_map(s, w_qkv), -1.0 * (s @ w_qkv.T))
+    assert count_parameters(model) == count_parameters(CRATE(tiny("crate-t")))   # owns nothing
+    data = load_dataset("digits", n_train=64, n_test=32)
+    metrics = train_model(model, data, TrainConfig(lr=1e-2, batch_size=32, max_epochs=2, target_ce=0.0))
+    assert metrics["status"] == "done" and metrics["steps"] == 4
+    # path-norm squares the weights: crate-nt's equals crate-t's with the same weights (sign^2 = 1)
+    twin = CRATE(tiny("crate-t"))
+    twin.load_state_dict(model.state_dict())
+    assert path_norm_forward(model) == path_norm_forward(twin)
+    ctx = make_context(model, model.state_dict(), data, MeasureOptions(n_samples=32, mc_samples=2, search_steps=3))
+    values = evaluate_measures(ctx, ["path-norm", "pacbayes-flatness", "sharpness-flatness", "log-prod-of-spec"])
+    assert all(math.isfinite(v["value"]) for v in values.values()), values

@@ -118,9 +118,8 @@ def test_shapes_give_the_architecture():
 def test_attention_scale_and_ista_constants_are_the_official_ones():
     sd = official_layout(depth=2, heads=4, dim_head=5, dim=12, channels=1, patch=2, side=2, classes=3)
     model = crate_from_official(sd, heads=4, channels=1)
-    for layer in model.layers:
-        assert layer.attn.scale == 5 ** -0.5                      # Attention.scale = dim_head ** -0.5
-        assert (layer.ista.step, layer.ista.lambd) == (0.1, 0.1)  # FeedForward step_size, lambd
+    assert model.config.scale == 5 ** -0.5                                      # Attention.scale = dim_head ** -0.5
+    assert (model.config.ista_step, model.config.ista_lambda) == (0.1, 0.1)     # FeedForward step_size, lambd
     # the official `ista` argument is passed through; the logits follow it
     img = torch.randn(2, 1, 4, 4)
     with torch.no_grad():

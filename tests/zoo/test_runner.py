@@ -16,12 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.profiles import resolve_profile
+from benchmark.profiles import parse_profile, resolve_profile
 from tests.tiny_profile import runs_of
+from tests.zoo.test_train import assert_same_weights, without_seconds
 from zoo import runner
-from zoo.config import DataConfig, RunConfig
+from zoo.config import DataConfig, RunConfig, ensemble_key
 from zoo.models import CRATE, ModelConfig
-from zoo.runner import MODEL_COLUMNS, build_zoo, cached_dataset, init_model, load_zoo, train_run
+from zoo.runner import MODEL_COLUMNS, build_zoo, cached_dataset, init_model, load_zoo, plan_groups, train_run
 from zoo.store import RunStore, StoreError, load_checkpoint
 from zoo.train import TrainConfig, evaluate
 
@@ -309,3 +310,71 @@ def test_dask_cluster_gives_the_same_zoo(smoke, smoke_zoo, tmp_path):
                             log=lambda *a: None)
     assert summary["done"] == 4 and summary["trained"] == 4 and summary["failed"] == 0
     pd.testing.assert_frame_equal(comparable(load_zoo(tmp_path)), comparable(load_zoo(out)))
+
+
+# --- the runner's groups ---------------------------------------------------------------------------------------
+
+def grid_runs(**grid):
+    """The runs of a profile with the given grid (digits: 8x8, 1 channel, 10 classes)."""
+    profile = parse_profile({"data": {"dataset": "digits"}, "model": {"patch_size": 4, "depth": 1, "heads": 2},
+                             "grid": grid})
+    return profile.runs(8, 1, 10)
+
+
+def shape_of(run):
+    return run.model.variant, run.model.dim, run.train.batch_size
+
+
+def test_runs_differing_in_lr_dropout_seed_share_a_group():
+    runs = grid_runs(variant=["crate", "crate-c"], lr=[1e-3, 3e-3], batch_size=[32, 64], dropout=[0.0, 0.1],
+                     width=[8, 16], seed=[0, 1])
+    groups = plan_groups(runs, max_size=100)
+    assert len(runs) == 64 and len(groups) == 2 * 2 * 2 and all(len(g) == 8 for g in groups)
+    for g in groups:
+        assert len({ensemble_key(r) for r in g}) == 1 and len({shape_of(r) for r in g}) == 1
+        assert len({(r.train.lr, r.model.dropout, r.train.seed) for r in g}) == 8
+    assert len({ensemble_key(g[0]) for g in groups}) == 8 and len({shape_of(g[0]) for g in groups}) == 8
+
+
+def test_max_size_chunks_a_group_in_grid_order():
+    runs = grid_runs(lr=[1e-3, 3e-3], dropout=[0.0, 0.1], seed=[0, 1], width=[8])          # one group of 8
+    groups = plan_groups(runs, max_size=3)
+    assert [len(g) for g in groups] == [3, 3, 2]
+    assert [r.run_id for g in groups for r in g] == [r.run_id for r in runs]
+
+
+@pytest.mark.parametrize("workers", [2, 3, 5, 8, 20])
+def test_groups_are_split_so_that_no_worker_idles(workers):
+    runs = grid_runs(variant=["crate", "crate-c"], lr=[1e-3, 3e-3], seed=[0, 1], width=[8])  # 2 groups of 4
+    groups = plan_groups(runs, max_size=8, workers=workers)
+    assert len(groups) >= min(workers, len(runs))
+    assert all(len({ensemble_key(r) for r in g}) == 1 for g in groups)
+    ids = [r.run_id for g in groups for r in g]
+    assert sorted(ids) == sorted(r.run_id for r in runs) and len(set(ids)) == len(runs)   # each run once
+
+
+def test_groups_of_every_planning_hold_every_run_once():
+    runs = grid_runs(variant=["crate", "crate-c", "crate-t"], lr=[1e-3, 3e-3, 1e-2], batch_size=[32, 64],
+                     seed=[0, 1], width=[8])
+    for max_size in (1, 2, 5, 100):
+        for workers in (1, 4, 13, 50):
+            ids = [r.run_id for g in plan_groups(runs, max_size, workers) for r in g]
+            assert sorted(ids) == sorted(r.run_id for r in runs), (max_size, workers)
+            assert all(len(g) <= max_size for g in plan_groups(runs, max_size, workers))
+
+
+def test_build_zoo_checkpoints_do_not_depend_on_the_ensemble_size(profile, tmp_path):
+    quiet = dict(workers=1, progress=False, log=lambda *a: None)
+    one, grouped = tmp_path / "one", tmp_path / "grouped"
+    assert build_zoo(runs_of(profile), one, ensemble_size=1, **quiet)["done"] == 4
+    assert build_zoo(runs_of(profile), grouped, **quiet)["done"] == 4          # 2 groups of 2 (the variants)
+    runs = profile.runs(8, 1, 10)
+    assert len(plan_groups(runs, 8)) == 2
+    for run in runs:
+        for name in ("final", "epoch-0002"):
+            a = load_checkpoint(RunStore(one).ckpt(run.run_id, name))
+            b = load_checkpoint(RunStore(grouped).ckpt(run.run_id, name))
+            assert_same_weights(a, b)
+        m1 = RunStore(one).metrics(run.run_id)
+        m2 = RunStore(grouped).metrics(run.run_id)
+        assert without_seconds(m1) == without_seconds(m2)
