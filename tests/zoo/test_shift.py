@@ -51,3 +51,10 @@ def test_each_image_gets_its_own_noise(n):
     x = torch.zeros(n, 1, 4, 4)
     out = shift_images(x, (0.5,), (0.25,), seed=0)
     assert len({tuple(img.flatten().tolist()) for img in out}) == n
+
+
+def test_docstring_example():
+    import doctest
+    from zoo import shift
+    failures, tried = doctest.testmod(shift)
+    assert failures == 0 and tried >= 2
