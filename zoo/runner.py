@@ -54,10 +54,11 @@ def cached_shifted_test(data: DataConfig, data_dir: str | None) -> torch.Tensor:
     return shift_images(ds.x_test, ds.mean, ds.std, data.split_seed)
 
 
-def shifted_test_metrics(cfg: RunConfig, final: dict | None, metrics: dict, data_dir: str | None) -> dict:
+def shifted_test_metrics(cfg: RunConfig, final: dict | None, metrics: dict, data_dir: str | None,
+                         device: str | None = "cpu") -> dict:
     """``shift`` (its identity), ``test_loss_shift``, ``test_acc_shift`` and ``gap_shift`` (= test_loss_shift −
-    train_loss) of a run from its final weights, evaluated like the test set (eval mode, float64 CE); NaN for a run
-    that is not ``done`` (diverged or failed), as its other metrics are."""
+    train_loss) of a run from its final weights, evaluated like the test set (eval mode, float64 CE, on ``device``);
+    NaN for a run that is not ``done`` (diverged or failed), as its other metrics are."""
     nan = float("nan")
     out = {"shift": shift_identity(), "test_loss_shift": nan, "test_acc_shift": nan, "gap_shift": nan}
     if metrics["status"] != "done":
@@ -65,8 +66,9 @@ def shifted_test_metrics(cfg: RunConfig, final: dict | None, metrics: dict, data
     with torch.random.fork_rng(devices=[]):  # building a model draws its init: leave the caller's RNG stream alone
         model = CRATE(cfg.model)
     model.load_state_dict(final)
-    loss, acc = evaluate(model, cached_shifted_test(cfg.data, data_dir), cached_dataset(cfg.data, data_dir).y_test,
-                         cfg.train.eval_batch_size)
+    where = resolve_device(device)
+    loss, acc = evaluate(model.to(where), cached_shifted_test(cfg.data, data_dir).to(where),
+                         cached_dataset(cfg.data, data_dir).y_test.to(where), cfg.train.eval_batch_size)
     return {**out, "test_loss_shift": loss, "test_acc_shift": acc, "gap_shift": loss - metrics["train_loss"]}
 
 
@@ -179,7 +181,7 @@ def _train_members(cfgs: list[RunConfig], store: RunStore, data_dir: str | None,
             cfg = cfgs[member]
             if metrics["status"] == "done":
                 save_checkpoint(store.ckpt(cfg.run_id, "final"), final)
-            metrics.update(shifted_test_metrics(cfg, final, metrics, data_dir))
+            metrics.update(shifted_test_metrics(cfg, final, metrics, data_dir, device))
             metrics["error"] = (f"non-finite loss or weights in epoch {metrics['diverged_epoch']}"
                                 if metrics["status"] == "diverged" else "")
             finish(cfg, metrics)
