@@ -355,9 +355,9 @@ def _shifted_gap_blocks(gaps: GapComparison | None, data, gap: str, reliability:
     order = gap if gap in GAP_PAIR else IID_GAP
     blocks.append(Paragraph(
         f"`{IID_GAP}` is test CE − train CE; `{SHIFTED_GAP}` is CE on the same test images under a fixed shift"
-        f"{shift} − train CE. Ψ of each measure against each gap, with its 95% bootstrap interval and its rank among "
-        f"the measures of the width, for the top {TOP_MEASURES} by Ψ on `{order}` and `srr`; every measure is in "
-        f"`shifted_gap.csv`. Nakai et al. (2026) find that rankings against the gap change under distribution "
+        f"{shift} − train CE. Ψ of each measure against each gap, with its 95% bootstrap interval and its rank "
+        f"among the measures of the width, for the top {TOP_MEASURES} by Ψ on `{order}` and `srr`; every measure "
+        f"is in `shifted_gap.csv`. Nakai et al. (2026) find that rankings against the gap change under distribution "
         f"shift; Kendall τ between the two rankings by Ψ over all measures says whether they change here."))
     used, _ = select_models(data.models, include_unreached)
     seed_agreement = {}
@@ -377,7 +377,7 @@ def _shifted_gap_blocks(gaps: GapComparison | None, data, gap: str, reliability:
             "too few measures with a Ψ on both gaps to compare the rankings"
         top = [set(rows.sort_values(f"Psi_{g}", ascending=False, na_position="last")["measure"].head(TOP_MEASURES))
                for g in GAP_PAIR]
-        text = (f"Width {width}: median gap over the analysed models {medians}. Kendall τ between the rankings of "
+        text = (f"Median gap over the analysed models: {medians}. Kendall τ between the rankings of "
                 f"the {gaps.n_measures[width]} measures by Ψ on `{IID_GAP}` and on `{SHIFTED_GAP}`: "
                 f"**{_number(tau, 2)}**: {words}; {len(top[0] & top[1])} of the top {TOP_MEASURES} are shared.")
         agreement = seed_agreement.get(float(width))

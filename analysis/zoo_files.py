@@ -144,11 +144,12 @@ def analyze_zoo(zoo_dir: str | Path, gap: str = "gap_loss", include_unreached: b
 
     Writes ``correlations.csv`` (``correlation_table``'s long table, sign-errors included),
     ``comparisons.csv`` (``paired_comparisons``), ``shifted_gap.csv`` (``gap_pair``: Ψ on the i.i.d. and the
-    shifted gap per measure; only when models.csv has ``gap_shift``), ``reliability.csv`` (``reliability_table``; only when some
-    width has ≥ 2 seeds, else an old one is removed), ``analysis_summary.json`` (model counts, settings,
-    timings), ``tables/kendall_width<W>.{csv,md,tex}``, ``plots/*.{png,pdf}`` and ``report.{md,html}``, the
-    report opening with the reliability figures. Every file is written atomically, so a rerun replaces it whole;
-    plots and tables of an earlier run that this run no longer makes are removed.
+    shifted gap per measure; only when models.csv has ``gap_shift``), ``reliability.csv``
+    (``reliability_table``; only when some width has ≥ 2 seeds, else an old one is removed),
+    ``analysis_summary.json`` (model counts, settings, timings), ``tables/kendall_width<W>.{csv,md,tex}``,
+    ``plots/*.{png,pdf}`` and ``report.{md,html}``, the report opening with the reliability figures. Every file
+    is written atomically, so a rerun replaces it whole; plots and tables of an earlier run that this run no
+    longer makes are removed.
 
     Parameters
     ----------
@@ -165,7 +166,8 @@ def analyze_zoo(zoo_dir: str | Path, gap: str = "gap_loss", include_unreached: b
     -------
     dict
         ``correlations``, ``comparisons``, ``summary``, ``report_md``, ``report_html``: Path; ``reliability``,
-        ``shifted_gap``: Path or None; ``tables``, ``plots``: lists of Path; ``skipped``: plot name -> the reason it was not made.
+        ``shifted_gap``: Path or None; ``tables``, ``plots``: lists of Path; ``skipped``: plot name -> the reason
+        it was not made.
     """
     say = log or (lambda line: None)
     started = time.perf_counter()

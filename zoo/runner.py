@@ -9,6 +9,10 @@ that fails or diverges is recorded with its error and never stops the build. A f
 corrupt (unreadable metrics, a final checkpoint that fails its checksum or the safe loader) is reported in one line
 and retrained; a run directory whose config.json does not hash to its name is foreign: it is reported, set aside as
 ``runs/<id>.corrupt-<time>`` and the run is trained afresh. Nothing found corrupt is ever used.
+
+A run's metrics include its CE and accuracy on the shifted test set (``zoo.shift``), evaluated from its final
+weights when it finishes; a finished run recorded without them, or under another shift, gets them from its final
+checkpoint the next time a build passes over it (reported in one line).
 """
 from __future__ import annotations
 
