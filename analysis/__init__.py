@@ -10,6 +10,7 @@ sign_error    Dziugaite et al.'s robust sign-error over environments.
 correlations  the long per-width table of τ, ψ, Ψ, CMI and sign-error with intervals, and the paired replicates.
 comparisons   paired differences between measures, Holm-corrected.
 reliability   the seed share of the gap's variance and the agreement of replicates (gaps, rankings).
+shifted_gap   Ψ on the i.i.d. and the shifted gap side by side, and the agreement of the two rankings.
 tables        paper-style Kendall tables per width: CSV, Markdown, LaTeX, HTML.
 plots         scatters, ψ heatmaps, comparison matrices, layer-wise SRR, training curves (PNG and PDF).
 report        one Markdown + HTML page per analysed zoo.
@@ -26,6 +27,7 @@ from .plots import (PlotResult, plot_comparison_matrix, plot_layerwise_srr, plot
 from .reliability import RELIABILITY_COLUMNS, reliability_table
 from .report import build_report, render_html, render_markdown, write_report
 from .selection import DEFAULT_AXES, select_models
+from .shifted_gap import GapComparison, compare_gaps
 from .sign_error import environment_sign_errors, summarize_sign_errors
 from .stats import (AxisPsi, GranulatedResult, conditional_mi, conditional_mi_detail, granulated_kendall,
                     kendall_tau)
@@ -40,6 +42,7 @@ __all__ = [
     "CORRELATION_COLUMNS", "Correlations", "measure_correlations", "correlation_table",
     "COMPARISON_COLUMNS", "holm_intervals", "paired_comparisons",
     "RELIABILITY_COLUMNS", "reliability_table",
+    "GapComparison", "compare_gaps",
     "kendall_table", "kendall_markdown", "kendall_latex", "kendall_html", "write_kendall_tables",
     "PlotResult", "plot_scatter", "plot_scatter_grid", "plot_psi_heatmap", "plot_comparison_matrix",
     "plot_layerwise_srr", "plot_training_curves", "write_plots",

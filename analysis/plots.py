@@ -49,6 +49,7 @@ __all__ = [
 GAP_LABELS = {
     "gap_loss": "generalization gap: test CE − train CE (nats)",
     "gap_acc": "generalization gap: train acc − test acc",
+    "gap_shift": "shifted gap: CE on the shifted test set − train CE (nats)",
 }
 _STYLE = {"axes.titlesize": 10, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
           "legend.fontsize": 8, "legend.title_fontsize": 8}

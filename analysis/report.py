@@ -19,6 +19,7 @@ from zoo.store import atomic_write_text
 
 from .plots import GAP_LABELS, PlotResult, measure_filename
 from .selection import select_models
+from .shifted_gap import GAP_PAIR, IID_GAP, SHIFTED_GAP, GapComparison
 from .tables import kendall_caption, kendall_html, kendall_markdown
 
 __all__ = ["build_report", "render_markdown", "render_html", "write_report"]
@@ -325,6 +326,70 @@ def _comparison_blocks(comparisons: pd.DataFrame | None, data, plot_result: Plot
     return blocks
 
 
+# How the report words the agreement of the two rankings (Kendall τ between them); the seed agreement beside it is
+# the yardstick that tells a change from noise.
+_RANKING_WORDS = ((0.8, "the ranking stays largely the same (τ ≥ 0.8)"),
+                  (0.5, "the ranking changes in part (0.5 ≤ τ < 0.8)"),
+                  (-np.inf, "the ranking changes substantially (τ < 0.5)"))
+TOP_MEASURES = 10
+
+
+def _psi_cell(row: dict, gap: str) -> str:
+    return (f"{_number(row[f'Psi_{gap}'], 2)} [{_number(row[f'ci_low_{gap}'], 2)}, "
+            f"{_number(row[f'ci_high_{gap}'], 2)}]")
+
+
+def _rank_cell(value) -> str:
+    return "–" if value is None or not np.isfinite(value) else str(int(value))
+
+
+def _shifted_gap_blocks(gaps: GapComparison | None, data, gap: str, reliability: pd.DataFrame | None,
+                        include_unreached: bool) -> list:
+    blocks = [Heading(2, "I.i.d. and shifted gap side by side")]
+    if gaps is None:
+        return blocks + [Paragraph(f"Not available: `models.csv` has no `{SHIFTED_GAP}` column (a zoo built before "
+                                   f"the shifted test set). Rerun `srrbench zoo` with the same profile and `--out`: it "
+                                   f"evaluates the finished runs' final checkpoints on the shifted test set, without "
+                                   f"training.")]
+    shift = f" (`{data.shift}`, `zoo/shift.py`)" if data.shift else " (`zoo/shift.py`)"
+    order = gap if gap in GAP_PAIR else IID_GAP
+    blocks.append(Paragraph(
+        f"`{IID_GAP}` is test CE − train CE; `{SHIFTED_GAP}` is CE on the same test images under a fixed shift"
+        f"{shift} − train CE. Ψ of each measure against each gap, with its 95% bootstrap interval and its rank "
+        f"among the measures of the width, for the top {TOP_MEASURES} by Ψ on `{order}` and `srr`; every measure "
+        f"is in `shifted_gap.csv`. Nakai et al. (2026) find that rankings against the gap change under distribution "
+        f"shift; Kendall τ between the two rankings by Ψ over all measures says whether they change here."))
+    used, _ = select_models(data.models, include_unreached)
+    seed_agreement = {}
+    if reliability is not None and not reliability.empty:
+        seed_agreement = dict(zip(reliability["width"].map(lambda w: float(w)), reliability["ranking_tau_Psi"]))
+    for width, rows in gaps.table.groupby("width", sort=True):
+        rows = rows.sort_values([f"Psi_{order}", "measure"], ascending=[False, True], na_position="last")
+        shown = rows.head(TOP_MEASURES)
+        shown = pd.concat([shown, rows.loc[(rows["measure"] == "srr") & ~rows["measure"].isin(shown["measure"])]])
+        table_rows = tuple((str(r["measure"]), _psi_cell(r, IID_GAP), _rank_cell(r[f"rank_{IID_GAP}"]),
+                            _psi_cell(r, SHIFTED_GAP), _rank_cell(r[f"rank_{SHIFTED_GAP}"]))
+                           for r in shown.to_dict("records"))
+        at = used.loc[used["width"] == width]
+        medians = ", ".join(f"`{g}` {_number(pd.to_numeric(at[g], errors='coerce').median(), 3)}" for g in GAP_PAIR)
+        tau = gaps.agreement[width]
+        words = next(text for bound, text in _RANKING_WORDS if tau >= bound) if np.isfinite(tau) else \
+            "too few measures with a Ψ on both gaps to compare the rankings"
+        top = [set(rows.sort_values(f"Psi_{g}", ascending=False, na_position="last")["measure"].head(TOP_MEASURES))
+               for g in GAP_PAIR]
+        text = (f"Median gap over the analysed models: {medians}. Kendall τ between the rankings of "
+                f"the {gaps.n_measures[width]} measures by Ψ on `{IID_GAP}` and on `{SHIFTED_GAP}`: "
+                f"**{_number(tau, 2)}**: {words}; {len(top[0] & top[1])} of the top {TOP_MEASURES} are shared.")
+        agreement = seed_agreement.get(float(width))
+        if agreement is not None and np.isfinite(agreement):
+            text += (f" For scale, the rankings by Ψ on `{gap}` computed on two seeds' models (each seed's alone) "
+                     f"agree at τ = {_number(agreement, 2)} (reliability above).")
+        blocks += [Heading(3, f"Width {width}: i.i.d. and shifted gap"), Paragraph(text),
+                   Table(("measure", f"Ψ on {IID_GAP} [95% CI]", "rank", f"Ψ on {SHIFTED_GAP} [95% CI]", "rank"),
+                         table_rows, (False, True, True, True, True))]
+    return blocks
+
+
 def _plot_blocks(plot_result: PlotResult, measures: list[str]) -> list:
     blocks = [Heading(2, "Plots")]
     files = {name: [p for p in paths if p.suffix == ".png"] for name, paths in plot_result.files.items()}
@@ -374,9 +439,10 @@ def _measures_blocks(data) -> list:
 
 def build_report(data, correlations: pd.DataFrame, kendall: dict, plot_result: PlotResult,
                  gap: str = "gap_loss", now: _dt.datetime | None = None, reliability: pd.DataFrame | None = None,
-                 comparisons: pd.DataFrame | None = None) -> list:
-    """The report's blocks: title, reliability, summary, how to read, Kendall tables, paired comparisons, plots,
-    measures, profile, notes."""
+                 comparisons: pd.DataFrame | None = None, gaps: GapComparison | None = None) -> list:
+    """The report's blocks: title, reliability, summary, how to read, Kendall tables, paired comparisons, the
+    i.i.d. and shifted gaps side by side (``gaps``; a line saying why when None), plots, measures, profile,
+    notes."""
     now = now or _dt.datetime.now().astimezone()
     title = f"Generalization-measure report: {data.directory.resolve().name}"
     settings = correlations.attrs.get("settings", {})
@@ -396,6 +462,7 @@ def build_report(data, correlations: pd.DataFrame, kendall: dict, plot_result: P
     if not kendall:
         blocks.append(Paragraph("No width had analysed models: nothing to tabulate."))
     blocks += _comparison_blocks(comparisons, data, plot_result, settings.get("level", 0.95))
+    blocks += _shifted_gap_blocks(gaps, data, gap, reliability, settings.get("include_unreached", False))
     blocks += _plot_blocks(plot_result, list(dict.fromkeys(correlations["measure"])))
     blocks += _measures_blocks(data)
     blocks.append(Heading(2, "Profile"))
@@ -411,10 +478,10 @@ def build_report(data, correlations: pd.DataFrame, kendall: dict, plot_result: P
 
 def write_report(data, correlations: pd.DataFrame, kendall: dict, plot_result: PlotResult,
                  gap: str = "gap_loss", reliability: pd.DataFrame | None = None,
-                 comparisons: pd.DataFrame | None = None) -> tuple[Path, Path]:
+                 comparisons: pd.DataFrame | None = None, gaps: GapComparison | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the zoo directory (atomically); return their paths."""
     blocks = build_report(data, correlations, kendall, plot_result, gap, reliability=reliability,
-                          comparisons=comparisons)
+                          comparisons=comparisons, gaps=gaps)
     title = blocks[0].text
     md_path, html_path = data.directory / "report.md", data.directory / "report.html"
     atomic_write_text(md_path, render_markdown(blocks))

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from zoo.errors import BadValueError
+from zoo.runner import GAPS
 
 EXIT_USAGE = 2      # the user's input is bad (one line on stderr)
 EXIT_INTERNAL = 3   # a bug: any exception that is not a UsageError
@@ -25,7 +26,7 @@ examples:
   srrbench measures --zoo out/smoke --names 'srr*' path-norm
   srrbench measures --checkpoint mlp.pt --model my_models.py:make_mlp --data mnist --data-dir ~/data
   srrbench measures --checkpoint crate.pth --official-crate --heads 6 --data cifar10 --data-dir ~/data
-  srrbench analyze --zoo out/smoke --gap gap_acc
+  srrbench analyze --zoo out/smoke --gap gap_shift   rank against the shifted gap
   srrbench profiles                              list the built-in profiles
   srrbench list-measures                         list the registered measures"""
 
@@ -74,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address for the zoo stage (tcp://host:port)")
     _add_device(p)
     _add_ensemble(p)
-    p.add_argument("--gap", default=None, choices=("gap_loss", "gap_acc"),
-                   help="generalization gap to rank against (default: the profile's, else gap_loss)")
+    p.add_argument("--gap", default=None, choices=GAPS,
+                   help="generalization gap to rank against (default: the profile's, else gap_loss); the report "
+                        "shows Psi on gap_loss and gap_shift side by side whatever the choice")
     _add_common(p)
 
     p = sub.add_parser("zoo", help="train every run of a profile's grid into a run store (resumable)")
@@ -123,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="Kendall tau, granulated psi/Psi, CMI, sign-error; reliability and paired "
                                           "comparisons (seeds as replicates); tables, plots and the report")
     p.add_argument("--zoo", required=True, help="zoo directory with models.csv and measures.csv")
-    p.add_argument("--gap", default=None, choices=("gap_loss", "gap_acc"),
-                   help="gap_loss = test CE - train CE (the paper's, default); gap_acc = train acc - test acc")
+    p.add_argument("--gap", default=None, choices=GAPS,
+                   help="gap_loss = test CE - train CE (the paper's, default); gap_acc = train acc - test acc; "
+                        "gap_shift = CE on the shifted test set (Gaussian pixel noise, zoo/shift.py) - train CE")
     p.add_argument("--include-unreached", action="store_true",
                    help="also rank models that did not reach the CE target (excluded by default, as in Jiang)")
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates for the CIs (default 200)")

@@ -89,7 +89,12 @@ def analysis_stage(zoo_dir: Path, gap: str | None = None, include_unreached: boo
                             "measures.csv": f"compute the measures first (srrbench measures --zoo {zoo_dir})"})
     profile = _profile_of(zoo_dir)
     settings = profile.analysis if profile else AnalysisSettings()
-    return analyze_zoo(zoo_dir, gap=gap or settings.gap,
+    gap = gap or settings.gap
+    if gap not in pd.read_csv(zoo_dir / "models.csv", nrows=0).columns:
+        raise MissingInputError(f"{zoo_dir / 'models.csv'} has no {gap} column (a zoo built before it was recorded): "
+                                f"rerun `srrbench zoo` with the zoo's profile and --out {zoo_dir} to record it from "
+                                f"the final checkpoints (no training), or rank against another gap")
+    return analyze_zoo(zoo_dir, gap=gap,
                        include_unreached=include_unreached or settings.include_unreached,
                        n_boot=settings.n_boot if n_boot is None else n_boot, seed=settings.seed, log=log)
 

@@ -9,6 +9,10 @@ that fails or diverges is recorded with its error and never stops the build. A f
 corrupt (unreadable metrics, a final checkpoint that fails its checksum or the safe loader) is reported in one line
 and retrained; a run directory whose config.json does not hash to its name is foreign: it is reported, set aside as
 ``runs/<id>.corrupt-<time>`` and the run is trained afresh. Nothing found corrupt is ever used.
+
+A run's metrics include its CE and accuracy on the shifted test set (``zoo.shift``), evaluated from its final
+weights when it finishes; a finished run recorded without them, or under another shift, gets them from its final
+checkpoint the next time a build passes over it (reported in one line).
 """
 from __future__ import annotations
 
@@ -26,19 +30,67 @@ from .data import load_dataset
 from .config import DataConfig, RunConfig, ensemble_key
 from .errors import BadValueError, MissingInputError
 from .models import CRATE
+from .shift import shift_identity, shift_images
 from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, lock_lease, save_checkpoint
-from .train import STATE_FORMAT, resolve_device, train_ensemble
+from .train import STATE_FORMAT, evaluate, resolve_device, train_ensemble
 
 MODEL_COLUMNS = ["run_id", "variant", "lr", "batch_size", "dropout", "width", "depth", "n_train", "weight_decay",
                  "seed", "dataset",
                  "status", "reached_target", "epochs", "steps", "seconds", "train_loss", "test_loss",
-                 "train_acc", "test_acc", "gap_loss", "gap_acc", "group_id", "error"]
+                 "train_acc", "test_acc", "gap_loss", "gap_acc", "test_loss_shift", "test_acc_shift", "gap_shift",
+                 "group_id", "error"]
+# the gaps a zoo records: test CE − train CE, train acc − test acc, shifted test CE − train CE (zoo.shift)
+GAPS = ("gap_loss", "gap_acc", "gap_shift")
+SHIFT_COLUMNS = ("test_loss_shift", "test_acc_shift", "gap_shift")
 
 
 @functools.lru_cache(maxsize=4)
 def cached_dataset(data: DataConfig, data_dir: str | None):
     return load_dataset(data.dataset, data_dir=data_dir, n_train=data.n_train, n_test=data.n_test,
                         num_classes=data.num_classes, seed=data.split_seed)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_shifted_test(data: DataConfig, data_dir: str | None) -> torch.Tensor:
+    """The test images of ``data`` under ``zoo.shift.SHIFT``, seeded by its split seed (labels: the test set's)."""
+    ds = cached_dataset(data, data_dir)
+    return shift_images(ds.x_test, ds.mean, ds.std, data.split_seed)
+
+
+def shifted_test_metrics(cfg: RunConfig, final: dict | None, metrics: dict, data_dir: str | None,
+                         device: str | None = "cpu") -> dict:
+    """``shift`` (its identity), ``test_loss_shift``, ``test_acc_shift`` and ``gap_shift`` (= test_loss_shift −
+    train_loss) of a run from its final weights, evaluated like the test set (eval mode, float64 CE, on ``device``);
+    NaN for a run that is not ``done`` (diverged or failed), as its other metrics are."""
+    nan = float("nan")
+    out = {"shift": shift_identity(), "test_loss_shift": nan, "test_acc_shift": nan, "gap_shift": nan}
+    if metrics["status"] != "done":
+        return out
+    with torch.random.fork_rng(devices=[]):  # building a model draws its init: leave the caller's RNG stream alone
+        model = CRATE(cfg.model)
+    model.load_state_dict(final)
+    where = resolve_device(device)
+    loss, acc = evaluate(model.to(where), cached_shifted_test(cfg.data, data_dir).to(where),
+                         cached_dataset(cfg.data, data_dir).y_test.to(where), cfg.train.eval_batch_size)
+    return {**out, "test_loss_shift": loss, "test_acc_shift": acc, "gap_shift": loss - metrics["train_loss"]}
+
+
+def record_missing_shift(store: RunStore, runs: list[RunConfig], data_dir: str | None) -> dict[str, int]:
+    """Add the shifted-test metrics to finished runs whose metrics.json lacks them or holds another shift's (runs
+    finished before the shift existed, or before it changed); returns how many, by the identity they had.
+
+    Cheap: one evaluation of the final checkpoint (read safely) on the shifted test set, no training."""
+    current, recorded = shift_identity(), {}
+    for cfg in runs:
+        metrics = store.metrics(cfg.run_id)
+        if metrics is None or (metrics.get("shift") == current and all(c in metrics for c in SHIFT_COLUMNS)):
+            continue
+        final = load_checkpoint(store.ckpt(cfg.run_id, "final")) if metrics["status"] == "done" else None
+        fresh = {k: v for k, v in metrics.items() if k != "run_id"}
+        store.write_metrics(cfg.run_id, {**fresh, **shifted_test_metrics(cfg, final, metrics, data_dir)})
+        before = metrics.get("shift") or "none"
+        recorded[before] = recorded.get(before, 0) + 1
+    return recorded
 
 
 def dataset_shape(data: DataConfig, data_dir: str | None) -> tuple[int, int, int]:
@@ -132,6 +184,7 @@ def _train_members(cfgs: list[RunConfig], store: RunStore, data_dir: str | None,
             cfg = cfgs[member]
             if metrics["status"] == "done":
                 save_checkpoint(store.ckpt(cfg.run_id, "final"), final)
+            metrics.update(shifted_test_metrics(cfg, final, metrics, data_dir, device))
             metrics["error"] = (f"non-finite loss or weights in epoch {metrics['diverged_epoch']}"
                                 if metrics["status"] == "diverged" else "")
             finish(cfg, metrics)
@@ -198,9 +251,16 @@ def build_zoo(runs: list[RunConfig], out: str | Path, *, name: str = "zoo", work
         atomic_write_text(out / file_name, text)
     store = RunStore(out)
     todo = [cfg for cfg in runs if not _admit(store, cfg, log)]
+    training = {cfg.run_id for cfg in todo}
+    recorded = record_missing_shift(store, [cfg for cfg in runs if cfg.run_id not in training], data_dir)
     groups = plan_groups(todo, ensemble_size, 1 if scheduler else workers)
     log(f"zoo {name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to train "
         f"in {len(groups)} ensemble(s) ({'dask ' + scheduler if scheduler else f'{workers} worker(s)'})")
+    if recorded:
+        log(f"zoo {name}: shifted test set ({shift_identity()}) evaluated from the final checkpoints of "
+            f"{sum(recorded.values())} finished run(s) recorded without it ("
+            + ", ".join(f"{n} {'with none' if old == 'none' else f'with {old!r}'}" for old, n in recorded.items())
+            + ")")
     start = time.perf_counter()
     results = list(_execute(groups, out, workers=workers, scheduler=scheduler, data_dir=data_dir,
                             progress=progress, device=device, log=log))

@@ -17,6 +17,7 @@ from pathlib import Path
 from measures import MeasureOptions, resolve_names
 from zoo import BadValueError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from zoo.config import checked_fields, config_from_dict
+from zoo.runner import GAPS
 
 try:
     import tomllib
@@ -42,14 +43,15 @@ class ProfileError(BadValueError):
 @dataclass(frozen=True)
 class AnalysisSettings:
     """A profile's [analysis] table: what `srrbench analyze` ranks against and how."""
-    gap: str = "gap_loss"           # gap_loss (test CE - train CE, the paper's) or gap_acc (train acc - test acc)
+    gap: str = "gap_loss"           # gap_loss (test CE - train CE, the paper's), gap_acc (train acc - test acc) or
+                                    # gap_shift (shifted-test CE - train CE, zoo.shift)
     n_boot: int = 200               # bootstrap resamples of every interval
     seed: int = 0                   # seed of the bootstrap
     include_unreached: bool = False  # rank runs that stopped above the CE target too (never for real studies)
 
     def validate(self) -> "AnalysisSettings":
-        if self.gap not in ("gap_loss", "gap_acc"):
-            raise ValueError(f"analysis.gap must be gap_loss or gap_acc, got {self.gap!r}")
+        if self.gap not in GAPS:
+            raise ValueError(f"analysis.gap must be one of {', '.join(GAPS)}, got {self.gap!r}")
         if self.n_boot <= 0:
             raise ValueError(f"analysis.n_boot must be positive, got {self.n_boot!r}")
         return self

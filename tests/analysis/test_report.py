@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis.zoo_files import analyze_zoo
+from analysis.plots import PlotResult
 from analysis.report import Bullets, Code, Heading, Paragraph, Table, render_html, render_markdown
 
 PROFILE = """# a test profile
@@ -43,6 +44,11 @@ def make_zoo(directory, with_optional=True):
     models["test_loss"] = models["train_loss"] + models["gap_loss"]
     models.loc[models["status"] == "failed", ["gap_loss", "test_loss"]] = np.nan
     models["gap_acc"] = models["gap_loss"] / 10
+    # the shifted gap: the i.i.d. one doubled in width 16 (same ranking of the models, so the same Ψ), another
+    # ordering of the models in width 32
+    models["gap_shift"] = np.where(models["width"] == 16, 2 * models["gap_loss"],
+                                   np.random.default_rng(1).permutation(len(models)) / 10 + 0.5)
+    models.loc[models["status"] == "failed", "gap_shift"] = np.nan
     models["group_id"], models["error"] = models["run_id"], ""
     models.to_csv(directory / "models.csv", index=False)
 
@@ -257,3 +263,92 @@ def test_renderers_agree_on_a_small_page():
     assert "<p>a <code>b</code> <strong>c</strong></p>" in page
     assert '<td class="num">1</td>' in page and "<pre><code>x = ```</code></pre>" in page
     assert re.search(r"<title>T</title>", page)
+
+
+# --- the i.i.d. and the shifted gap side by side ------------------------------------------------------------------
+
+def side_by_side(report: str, width: int) -> tuple[str, dict]:
+    """The paragraph and the rows (measure -> cells) of the side-by-side section of one width."""
+    section = report.split("## I.i.d. and shifted gap side by side")[1].split("\n## ")[0]
+    part = section.split(f"### Width {width}: i.i.d. and shifted gap")[1].split("\n### ")[0]
+    paragraph = part.strip().split("\n\n")[0]
+    rows = [line.strip("|").split("|") for line in part.splitlines() if line.startswith("| ")][1:]
+    return paragraph, {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def test_report_shows_psi_on_both_gaps_with_the_ranking_agreement(analysed):
+    """Ψ [CI] and rank on each gap equal the correlation table's against that gap (same bootstrap seed); τ between
+    the two rankings is Kendall's τ of the two Ψ columns over the measures."""
+    from analysis import correlation_table, kendall_tau
+    directory, result, lines = analysed
+    models, measures = pd.read_csv(directory / "models.csv"), pd.read_csv(directory / "measures.csv")
+    psi = {}
+    for gap in ("gap_loss", "gap_shift"):
+        table = correlation_table(models, measures, gap=gap, n_boot=20, n_boot_cmi=0)
+        psi[gap] = table.loc[table["statistic"] == "Psi"].set_index(["width", "measure"])
+    report = (directory / "report.md").read_text()
+    for width in (16, 32):
+        paragraph, rows = side_by_side(report, width)
+        assert set(rows) == set(MEASURES)                   # 3 measures: all of them are in the top 10
+        for gap, cells in (("gap_loss", (0, 1)), ("gap_shift", (2, 3))):
+            at = psi[gap].loc[width]
+            ranks = at["value"].rank(ascending=False, method="min")
+            for measure, row in rows.items():
+                r = at.loc[measure]
+                assert row[cells[0]] == f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]", (gap, measure)
+                assert row[cells[1]] == str(int(ranks[measure]))
+        # the rows are in order of Ψ on the chosen gap (gap_loss)
+        assert list(rows) == list(psi["gap_loss"].loc[width]["value"].sort_values(ascending=False).index)
+        tau = kendall_tau(psi["gap_loss"].loc[width]["value"], psi["gap_shift"].loc[width]["value"].reindex(
+            psi["gap_loss"].loc[width].index))
+        assert f"on `gap_loss` and on `gap_shift`: **{tau:.2f}**" in paragraph
+    # width 16's shifted gap is the i.i.d. one doubled: the same Ψ, the same ranking
+    paragraph, rows = side_by_side(report, 16)
+    assert "**1.00**: the ranking stays largely the same" in paragraph and "3 of the top 10 are shared" in paragraph
+    assert all(row[0] == row[2] and row[1] == row[3] for row in rows.values())
+    saved = pd.read_csv(result["shifted_gap"])
+    assert len(saved) == 2 * len(MEASURES)
+    assert saved.set_index(["width", "measure"])["Psi_gap_shift"].to_dict() == pytest.approx(
+        psi["gap_shift"]["value"].to_dict())
+    summary = json.loads((directory / "analysis_summary.json").read_text())
+    assert summary["shifted_gap"]["ranking_tau_Psi"]["16"] == pytest.approx(1.0)
+    assert any(line.startswith("shifted gap: Psi on gap_loss and gap_shift") for line in lines)
+
+
+def test_ranking_against_the_shifted_gap(analysed, tmp_path):
+    """--gap gap_shift: the tables rank against it, and the side-by-side rows follow its Ψ (no extra computation
+    for it: the main correlations are reused)."""
+    directory = tmp_path / "zoo"
+    shutil.copytree(analysed[0], directory)
+    result = analyze_zoo(directory, gap="gap_shift", n_boot=20, log=None)
+    table = pd.read_csv(result["correlations"])
+    models, measures = pd.read_csv(directory / "models.csv"), pd.read_csv(directory / "measures.csv")
+    expected = correlation_table_psi(models, measures, "gap_shift")
+    got = table.loc[table["statistic"] == "Psi"].set_index(["width", "measure"])["value"]
+    assert got.to_dict() == pytest.approx(expected.to_dict())
+    report = (directory / "report.md").read_text()
+    assert "gap: `gap_shift` (shifted gap: CE on the shifted test set − train CE (nats))" in report
+    _, rows = side_by_side(report, 32)
+    assert list(rows) == list(expected.loc[32].sort_values(ascending=False).index)
+
+
+def correlation_table_psi(models, measures, gap):
+    from analysis import correlation_table
+    table = correlation_table(models, measures, gap=gap, n_boot=20)
+    return table.loc[table["statistic"] == "Psi"].set_index(["width", "measure"])["value"]
+
+
+def test_a_zoo_without_the_shifted_gap_says_how_to_get_it(analysed, tmp_path):
+    """models.csv of a zoo built before the shifted test set: no side-by-side table, and the report says why."""
+    from analysis import measure_correlations, read_zoo
+    from analysis.report import build_report
+    from analysis.zoo_files import gap_pair
+    directory = tmp_path / "zoo"
+    shutil.copytree(analysed[0], directory)
+    pd.read_csv(directory / "models.csv").drop(columns=["gap_shift"]).to_csv(directory / "models.csv", index=False)
+    data = read_zoo(directory)
+    correlations = measure_correlations(data.models, data.measures, n_boot=5, n_boot_cmi=0).table
+    assert gap_pair(data, correlations, "gap_loss", n_boot=5) is None
+    report = render_markdown(build_report(data, correlations, {}, PlotResult(), "gap_loss"))
+    section = report.split("## I.i.d. and shifted gap side by side")[1].split("\n## ")[0]
+    assert "Not available: `models.csv` has no `gap_shift` column" in section and "Rerun `srrbench zoo`" in section

@@ -43,6 +43,20 @@ def test_rerun_redoes_nothing(smoke_run):
     assert re.search(r"measures: 0 values computed", result.stdout)
 
 
+def test_the_zoo_records_the_shifted_gap_and_analyze_accepts_it(smoke_run):
+    """models.csv of the smoke run holds the shifted gap of every run; `--gap gap_shift` is a choice of analyze and
+    run (analyze_zoo's ranking against it is tested in tests/analysis/test_report.py)."""
+    from benchmark.cli import build_parser
+    out, _ = smoke_run
+    models = pd.read_csv(out / "models.csv")
+    assert (models["gap_shift"] == models["test_loss_shift"] - models["train_loss"]).all()
+    assert (models["test_loss_shift"] > models["test_loss"]).all() and models["test_acc_shift"].between(0, 1).all()
+    assert "## I.i.d. and shifted gap side by side" in (out / "report.md").read_text()
+    assert set(pd.read_csv(out / "shifted_gap.csv")["measure"]) == set(pd.read_csv(out / "measures.csv").columns[1:])
+    for command in (["analyze", "--zoo", str(out)], ["run"]):
+        assert build_parser().parse_args([*command, "--gap", "gap_shift"]).gap == "gap_shift"
+
+
 def test_readme_worked_example_adds_a_measure_that_gets_ranked(smoke_run, tmp_path):
     out, _ = smoke_run
     readme = (ROOT / "README.md").read_text()

@@ -301,3 +301,11 @@ def test_a_non_positive_n_boot_is_bad_input(tmp_path, capsys):
     (tmp_path / "measures.csv").write_text("run_id\n")
     code, _, err = run_cli(capsys, "analyze", "--zoo", str(tmp_path), "--n-boot", "-1")
     assert_one_line_error(code, err, ["--n-boot", "-1"])
+
+
+def test_ranking_against_a_gap_the_zoo_did_not_record(tmp_path, capsys):
+    """A zoo built before the shifted test set: `analyze --gap gap_shift` says how to record it."""
+    (tmp_path / "models.csv").write_text("run_id,status,reached_target,width,gap_loss\nr1,done,True,16,0.1\n")
+    (tmp_path / "measures.csv").write_text("run_id,l2\nr1,1.0\n")
+    code, _, err = run_cli(capsys, "analyze", "--zoo", str(tmp_path), "--gap", "gap_shift", "--quiet")
+    assert_one_line_error(code, err, [str(tmp_path / "models.csv"), "has no gap_shift column", "srrbench zoo"])

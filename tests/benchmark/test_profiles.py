@@ -141,6 +141,11 @@ def test_bad_value_names_its_key(path, value, key):
     assert key in str(err.value)
 
 
+@pytest.mark.parametrize("gap", ["gap_loss", "gap_acc", "gap_shift"])
+def test_every_recorded_gap_is_a_valid_analysis_gap(gap):
+    assert parse_profile(with_("analysis.gap", gap)).analysis.gap == gap
+
+
 def test_unknown_variant_lists_the_allowed_ones():
     with pytest.raises(ProfileError) as err:
         parse_profile(with_("grid.variant", ["crate-x"]))

@@ -5,6 +5,7 @@ joblib/Dask worker): the thread count changes the last bits of a run's floats, a
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -22,7 +24,8 @@ from tests.zoo.test_train import assert_same_weights, without_seconds
 from zoo import runner
 from zoo.config import DataConfig, RunConfig, ensemble_key
 from zoo.models import CRATE, ModelConfig
-from zoo.runner import MODEL_COLUMNS, build_zoo, cached_dataset, init_model, load_zoo, plan_groups, train_run
+from zoo.runner import (MODEL_COLUMNS, SHIFT_COLUMNS, build_zoo, cached_dataset, init_model, load_zoo, plan_groups,
+                         train_run)
 from zoo.store import RunStore, StoreError, load_checkpoint
 from zoo.train import TrainConfig, evaluate
 
@@ -101,6 +104,77 @@ def test_checkpoints_are_the_runs_weights(smoke, smoke_zoo):
     m = store.metrics(cfg.run_id)
     assert (m["train_loss"], m["train_acc"]) == evaluate(model, data.x_train, data.y_train)
     assert (m["test_loss"], m["test_acc"]) == evaluate(model, data.x_test, data.y_test)
+
+
+def test_shifted_test_metrics_are_the_final_models_on_the_hand_shifted_test_set(smoke, smoke_zoo):
+    """test_loss_shift is evaluate() of the saved final model on the test images + 0.26 N(0, 1) pixel noise drawn
+    from the split seed's stream, clipped to [0, 1]; gap_shift = test_loss_shift - train_loss."""
+    out, _ = smoke_zoo
+    store = RunStore(out)
+    table = load_zoo(out).set_index("run_id")
+    for cfg in runs_of(smoke):
+        model = CRATE(cfg.model)
+        model.load_state_dict(load_checkpoint(store.ckpt(cfg.run_id, "final")))
+        data = cached_dataset(cfg.data, None)
+        pixels = data.x_test * 0.3760 + 0.3053                        # digits' normalisation (zoo.data)
+        noise = np.random.default_rng([cfg.data.split_seed, 0x51F7]).standard_normal(tuple(pixels.shape))
+        shifted = ((pixels + 0.26 * torch.from_numpy(noise).float()).clamp(0, 1) - 0.3053) / 0.3760
+        loss, acc = evaluate(model, shifted, data.y_test)
+        m = store.metrics(cfg.run_id)
+        assert m["shift"] == "gaussian-noise sigma=0.26 v1"
+        assert (m["test_loss_shift"], m["test_acc_shift"]) == (loss, acc)
+        assert m["gap_shift"] == m["test_loss_shift"] - m["train_loss"]
+        assert m["test_loss_shift"] > m["test_loss"]                  # the noise costs CE
+        for key in SHIFT_COLUMNS:
+            assert table.loc[cfg.run_id, key] == pytest.approx(m[key], rel=1e-15, abs=0), key
+
+
+def test_shifted_evaluation_leaves_the_global_rng_alone(smoke, smoke_zoo):
+    """It runs at a member's finish while other members may still train: building its model must not draw from the
+    generator they use."""
+    out, _ = smoke_zoo
+    cfg = runs_of(smoke)[0]
+    store = RunStore(out)
+    final, metrics = load_checkpoint(store.ckpt(cfg.run_id, "final")), store.metrics(cfg.run_id)
+    before = torch.get_rng_state()
+    assert runner.shifted_test_metrics(cfg, final, metrics, None)["gap_shift"] == metrics["gap_shift"]
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_run_recorded_without_the_shift_gets_it_from_its_final_checkpoint(smoke, smoke_zoo, tmp_path):
+    """An old zoo (metrics without the shift, or of another shift version) is completed by the next build, in one
+    line, without training; a diverged run records NaN under the current shift."""
+    out = tmp_path / "zoo"
+    shutil.copytree(smoke_zoo[0], out)
+    store = RunStore(out)
+    runs = runs_of(smoke)
+    expected = {cfg.run_id: store.metrics(cfg.run_id) for cfg in runs}
+    old, other, diverged = runs[0], runs[1], runs[2]
+    for cfg in (old, other, diverged):
+        m = {k: v for k, v in store.metrics(cfg.run_id).items() if k not in ("run_id", *SHIFT_COLUMNS, "shift")}
+        if cfg is other:
+            m.update(shift="gaussian-noise sigma=0.1 v0", test_loss_shift=0.0, test_acc_shift=1.0, gap_shift=0.0)
+        if cfg is diverged:
+            m.update(status="diverged", test_loss=float("nan"))
+        store.write_metrics(cfg.run_id, m)
+    logged = []
+    summary = build_zoo(runs, out, workers=1, progress=False, log=logged.append)
+    assert summary["trained"] == 0 and summary["skipped"] == 4
+    lines = [line for line in logged if "shifted test set" in line]
+    assert lines == ["zoo zoo: shifted test set (gaussian-noise sigma=0.26 v1) evaluated from the final "
+                     "checkpoints of 3 finished run(s) recorded without it (2 with none, 1 with "
+                     "'gaussian-noise sigma=0.1 v0')"]
+    for cfg in (old, other):
+        m = store.metrics(cfg.run_id)
+        assert {k: m[k] for k in (*SHIFT_COLUMNS, "shift")} == {k: expected[cfg.run_id][k]
+                                                                for k in (*SHIFT_COLUMNS, "shift")}
+    m = store.metrics(diverged.run_id)
+    assert m["shift"] == "gaussian-noise sigma=0.26 v1" and all(np.isnan(m[k]) for k in SHIFT_COLUMNS)
+    table = load_zoo(out).set_index("run_id")
+    assert table.loc[old.run_id, "gap_shift"] == pytest.approx(expected[old.run_id]["gap_shift"], rel=1e-15)
+    logged.clear()
+    build_zoo(runs, out, workers=1, progress=False, log=logged.append)   # nothing left to record
+    assert not any("shifted test set" in line for line in logged)
 
 
 def test_rerun_trains_nothing_and_touches_nothing(smoke, smoke_zoo):
