@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --checkpoint: the dataset the model was trained on (digits, mnist, fashion-mnist, "
                         "cifar10, cifar100), normalised as zoo.data.NORMALISATION says; measures use a fixed sample of "
                         "its training split")
+    p.add_argument("--n-train", type=int, metavar="N",
+                   help="with --checkpoint: the stratified subset of N training images that a zoo profile's n_train "
+                        "gives (split seed 0), for a model trained on it; default the whole training split")
     p.add_argument("--init-checkpoint", metavar="FILE",
                    help="with --checkpoint: state dict at initialisation, for the distance-from-init measures "
                         "(left out without it)")
@@ -222,7 +225,7 @@ def _dispatch(args) -> int:
         return _measure_checkpoint(args)
     if args.command == "measures":
         given = [flag for flag, value in (("--model", args.model), ("--official-crate", args.official_crate),
-                                          ("--heads", args.heads), ("--data", args.data),
+                                          ("--heads", args.heads), ("--data", args.data), ("--n-train", args.n_train),
                                           ("--init-checkpoint", args.init_checkpoint), ("--out", args.out)) if value]
         if given:
             raise BadValueError(f"{', '.join(given)} {'go' if len(given) > 1 else 'goes'} only with --checkpoint; "
@@ -268,7 +271,7 @@ def _measure_checkpoint(args) -> int:
         raise BadValueError(f"--checkpoint needs {' and '.join(missing)}")
     if args.heads is not None and not args.official_crate:
         raise BadValueError("--heads goes only with --official-crate (a --model factory builds its own heads)")
-    table = measure_checkpoint(args.checkpoint, args.model, args.data, data_dir=args.data_dir,
+    table = measure_checkpoint(args.checkpoint, args.model, args.data, data_dir=args.data_dir, n_train=args.n_train,
                                official_heads=args.heads if args.official_crate else None,
                                init_checkpoint=args.init_checkpoint, names=args.names, out=args.out)
     print(table.T.rename(columns={0: "value"}).to_string())

@@ -110,14 +110,16 @@ def official_crate(path: str | Path, heads: int, dataset, flag: str) -> nn.Modul
 
 
 def measure_checkpoint(checkpoint: str | Path, model_spec: str | None, data: str, *, data_dir: str | None = None,
-                       official_heads: int | None = None, init_checkpoint: str | Path | None = None, names=None,
+                       n_train: int | None = None, official_heads: int | None = None,
+                       init_checkpoint: str | Path | None = None, names=None,
                        out: str | Path | None = None) -> pd.DataFrame:
     """``measures.compute`` on the model ``model_spec`` with the weights of ``checkpoint`` (and initial weights
-    of ``init_checkpoint``) on the training split of dataset ``data``; writes the row to ``out`` (CSV) if given.
-    With ``official_heads`` (and no ``model_spec``) both files are CRATE checkpoints in the official layout with
-    that many heads. The returned table carries ``attrs["skipped"]`` and ``attrs["errors"]`` as
-    ``measures.compute`` documents."""
-    dataset = load_dataset(data, data_dir=data_dir)
+    of ``init_checkpoint``) on the training split of dataset ``data`` (its stratified subset of ``n_train``
+    images, as a zoo profile's ``n_train`` makes it, if given); writes the row to ``out`` (CSV) if given. With
+    ``official_heads`` (and no ``model_spec``) both files are CRATE checkpoints in the official layout with that
+    many heads. The returned table carries ``attrs["skipped"]`` and ``attrs["errors"]`` as ``measures.compute``
+    documents."""
+    dataset = load_dataset(data, data_dir=data_dir, n_train=n_train)
     if official_heads is not None:
         model = official_crate(checkpoint, official_heads, dataset, "--checkpoint")
         init_state = (official_crate(init_checkpoint, official_heads, dataset, "--init-checkpoint").state_dict()

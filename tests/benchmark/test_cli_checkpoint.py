@@ -141,6 +141,29 @@ def test_zoo_and_checkpoint_are_exclusive_and_checkpoint_flags_need_checkpoint(s
     assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     assert main(["measures", "--zoo", str(saved), "--model", "a:b", "--data", "digits"]) == 2
     assert "--model, --data go only with --checkpoint" in capsys.readouterr().err
+    assert main(["measures", "--zoo", str(saved), "--n-train", "100"]) == 2
+    assert "--n-train goes only with --checkpoint" in capsys.readouterr().err
+
+
+def test_n_train_measures_the_zoo_subset_the_model_was_trained_on(saved):
+    """--n-train N draws the training subset a zoo profile's n_train gives: the margin's sample is those images."""
+    from zoo.data import load_dataset
+    out = saved / "row.csv"
+    assert run(saved, "--n-train", "100", "--names", "neg-margin", "--out", str(out)) == 0
+    data = load_dataset("digits", n_train=100)
+    namespace = {}
+    exec(FACTORIES, namespace)
+    model = namespace["mlp"]()
+    model.load_state_dict(torch.load(saved / "mlp.pt", weights_only=True))
+    with torch.no_grad():
+        logits = model(data.x_train).double()
+    true = logits.gather(1, data.y_train[:, None])[:, 0]
+    other = logits.scatter(1, data.y_train[:, None], float("-inf")).max(1).values
+    margins = (true - other).sort().values                       # 100 images: the 10th percentile by hand
+    position = 0.1 * (len(margins) - 1)
+    low = int(position)
+    gamma = margins[low] + (position - low) * (margins[low + 1] - margins[low])
+    assert pd.read_csv(out)["neg-margin"].item() == pytest.approx(-float(gamma), rel=1e-5)
 
 
 def test_a_dotted_module_in_the_working_directory(saved, monkeypatch, capsys):
