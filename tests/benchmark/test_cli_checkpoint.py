@@ -204,6 +204,7 @@ def test_an_official_crate_checkpoint_is_measured_like_the_model_it_loads_into(t
     (["--official-crate"], "--checkpoint needs --official-crate --heads K"),
     (["--heads", "2", "--model", "x.py:f"], "--heads goes only with --official-crate"),
     (["--official-crate", "--heads", "2", "--data", "mnist-like-but-wrong"], "mnist-like-but-wrong"),
+    (["--official-crate", "--heads", "0"], "heads must be a positive integer, got 0"),   # given, not missing
 ])
 def test_official_crate_bad_flags_are_one_line_exit_2(tmp_path, capsys, args, message):
     from zoo.models import build_model
