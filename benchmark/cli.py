@@ -264,7 +264,7 @@ def _dispatch(args) -> int:
 
 def _measure_checkpoint(args) -> int:
     from .saved_model import measure_checkpoint
-    builder = ("--official-crate --heads K", args.official_crate and args.heads) if args.official_crate else \
+    builder = ("--official-crate --heads K", args.heads is not None) if args.official_crate else \
         ("--model MODULE:FACTORY (or --official-crate --heads K)", args.model)
     missing = [flag for flag, value in (builder, ("--data NAME", args.data)) if not value]
     if missing:

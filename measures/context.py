@@ -95,14 +95,15 @@ def weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None = No
     Every 2-D parameter (the weights of ``Linear`` layers and bare 2-D parameters), and the weight of every
     convolution as the matrix whose rows are its filters, (out_channels, in_channels/groups · kernel size), as in
     Jiang et al.'s code (its spectral norm is that of this matrix, not of the convolution operator); a transposed
-    convolution's weight (in, out/groups, *kernel) is transposed first so that its rows are output channels too.
+    convolution's weight (in, out/groups, *kernel) is transposed group by group first, so that its rows are its
+    out_channels too (a plain transpose would give out/groups rows mixing the groups' input channels).
     In CRATE these are the qkv projections (U^T, counted once even where the tied variants reuse it as the output
     map), the learned or frozen output maps, the ISTA dictionaries, the patch embedding and the head; LayerNorm
     gains and all biases are 1-D and the cls token and position embedding are 3-D, so they are out. Any other
     parameter of 3 or more dimensions outside a convolution is out as well.
     ``state`` (a state_dict) gives the same matrices from other weights, e.g. the initial ones.
     """
-    convs = {f"{prefix}.weight" if prefix else "weight": isinstance(module, _TRANSPOSED_CONVS)
+    convs = {f"{prefix}.weight" if prefix else "weight": module
              for prefix, module in model.named_modules() if isinstance(module, _CONVS)}
     source = state if state is not None else dict(model.named_parameters())
     out = {}
@@ -110,9 +111,10 @@ def weight_matrices(model: nn.Module, state: dict[str, torch.Tensor] | None = No
         if p.ndim == 2:
             out[name] = source[name].detach()
         elif name in convs:
-            w = source[name].detach()
-            w = w.transpose(0, 1) if convs[name] else w
-            out[name] = w.reshape(w.shape[0], -1)
+            conv, w = convs[name], source[name].detach()
+            if isinstance(conv, _TRANSPOSED_CONVS):   # (groups, in/groups, out/groups, *k) -> (groups, out/groups, ...)
+                w = w.reshape(conv.groups, -1, *w.shape[1:]).transpose(1, 2)
+            out[name] = w.reshape(conv.out_channels, -1)
     return out
 
 

@@ -195,8 +195,9 @@ def _read_sizes(state: dict[str, torch.Tensor]) -> tuple[int, int, int, int, int
     """(dim, patch_dim, tokens, num_classes, inner) from the keys that fix them, or an error naming those keys."""
     ranks = dict(zip(_SHAPE_SOURCES, (2, 3, 2, 2)))
     missing = [k for k in _SHAPE_SOURCES if k not in state]
-    bad = [f"{k} has shape {tuple(state[k].shape)}, expected {ranks[k]} dimensions"
-           for k in _SHAPE_SOURCES if k in state and state[k].dim() != ranks[k]]
+    bad = [f"{k} has shape {tuple(state[k].shape)}, expected {ranks[k]} dimensions" if state[k].dim() != ranks[k]
+           else f"{k} has shape {tuple(state[k].shape)}, with an empty dimension"   # no CRATE has a size 0
+           for k in _SHAPE_SOURCES if k in state and (state[k].dim() != ranks[k] or 0 in state[k].shape)]
     if missing or bad:
         raise BadValueError("not an official CRATE state dict, its sizes cannot be read: "
                             + "; ".join(([f"missing {', '.join(missing)}"] if missing else []) + bad))

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+import measures
 from benchmark.cli import main
+from zoo.data import load_dataset
 
 FACTORIES = '''
 from torch import nn
@@ -72,7 +74,13 @@ def test_a_saved_mlp_is_measured_and_the_crate_measures_listed_as_left_out(saved
     assert row["l2"].item() == pytest.approx(math.sqrt(sum(float(model[k].double().square().sum()) for k in weights)))
     assert row["l2-dist-init"].item() == pytest.approx(
         math.sqrt(sum(float((model[k] - init[k]).double().square().sum()) for k in weights)))
-    assert math.isfinite(row["neg-margin"].item())
+    namespace = {}
+    exec(FACTORIES, namespace)
+    mlp = namespace["mlp"]()
+    mlp.load_state_dict(model)
+    data = load_dataset("digits")                        # the training split the command measures on
+    expected = measures.compute(mlp, data.x_train, data.y_train, names=["neg-margin"])["neg-margin"].item()
+    assert math.isfinite(expected) and row["neg-margin"].item() == pytest.approx(expected, rel=1e-12)
     assert "left out srr: it reads CRATE's internals" in printed and "left out srr-last" in printed
     assert "num-params" in printed and f"-> {out}" in printed
 
@@ -227,6 +235,7 @@ def test_an_official_crate_checkpoint_is_measured_like_the_model_it_loads_into(t
     (["--official-crate"], "--checkpoint needs --official-crate --heads K"),
     (["--heads", "2", "--model", "x.py:f"], "--heads goes only with --official-crate"),
     (["--official-crate", "--heads", "2", "--data", "mnist-like-but-wrong"], "mnist-like-but-wrong"),
+    (["--official-crate", "--heads", "0"], "heads must be a positive integer, got 0"),   # given, not missing
 ])
 def test_official_crate_bad_flags_are_one_line_exit_2(tmp_path, capsys, args, message):
     from zoo.models import build_model

@@ -126,6 +126,20 @@ def test_conv_weights_are_filter_matrices_and_their_spectral_norm_is_the_svd_of_
     assert weight_matrices(cnn, init)["0.weight"].shape == (3, 18)
 
 
+def test_grouped_convs_give_one_row_per_output_channel():
+    """Output channel j of a grouped transposed convolution (groups g, weight (in, out/g, k)) reads the in/g input
+    channels of its group gi = j // (out/g) through weight[gi*in/g:(gi+1)*in/g, j % (out/g)]: that is its row."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 6, 2, groups=2), nn.ConvTranspose2d(6, 4, 2, groups=2))
+    mats = weight_matrices(model)
+    conv, up = model[0].weight.detach(), model[1].weight.detach()        # (6, 2, 2, 2) and (6, 2, 2, 2)
+    assert {k: tuple(v.shape) for k, v in mats.items()} == {"0.weight": (6, 8), "1.weight": (4, 12)}
+    assert torch.equal(mats["0.weight"], conv.reshape(6, 8))
+    for j in range(4):
+        group, local = divmod(j, 2)
+        assert torch.equal(mats["1.weight"][j], up[3 * group:3 * group + 3, local].flatten())
+
+
 def test_conv_by_hand():
     cnn = nn.Sequential(nn.Conv2d(1, 2, 2, bias=False), nn.Flatten(), nn.Linear(2 * 2 * 2, 2, bias=False))
     with torch.no_grad():

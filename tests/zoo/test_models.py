@@ -445,3 +445,9 @@ def test_an_added_variant_is_one_table_entry_and_trains_and_is_measured(monkeypa
     ctx = make_context(model, model.state_dict(), data, MeasureOptions(n_samples=32, mc_samples=2, search_steps=3))
     values = evaluate_measures(ctx, ["path-norm", "pacbayes-flatness", "sharpness-flatness", "log-prod-of-spec"])
     assert all(math.isfinite(v["value"]) for v in values.values()), values
+    # the spectral product reads the tied count from the same entry: each W_qkv enters twice (per use), as crate-t's
+    spec_sq = {n: float(torch.linalg.matrix_norm(p.detach().double(), ord=2)) ** 2
+               for n, p in model.named_parameters() if p.ndim == 2}
+    per_use = sum(math.log(v) * (2 if n.endswith("qkv.weight") else 1) for n, v in spec_sq.items())
+    assert values["log-prod-of-spec"]["value"] == pytest.approx(per_use, rel=1e-9)
+    assert values["path-norm"]["value"] == path_norm_forward(model)

@@ -4,6 +4,8 @@ The oracle below is Ma-Lab-Berkeley/CRATE's model/crate.py written out from its 
 code: the patch rearrange by explicit indexing, PreNorm, the shared-qkv attention, to_out, the ISTA FeedForward
 exactly as it calls F.linear, cls pooling and mlp_head.
 """
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -191,6 +193,17 @@ def test_sizes_that_give_no_square_patch_or_image_are_named():
         crate_from_official(sd, heads=2, channels=3)
     with pytest.raises(BadValueError, match=r"qkv\.weight has 8 rows .*heads=3"):
         crate_from_official(sd, heads=3, channels=3)
+
+
+@pytest.mark.parametrize("key, shape", [("mlp_head.1.weight", (0, 8)),
+                                        ("transformer.layers.0.0.fn.qkv.weight", (0, 8))])
+def test_an_empty_size_is_bad_input_not_a_crash(key, shape):
+    """Zero classes or a zero-row qkv gave a bare ValueError / ZeroDivisionError (exit 3, "a bug") before."""
+    sd = official_layout(depth=1, heads=2, dim_head=4, dim=8, channels=1, patch=2, side=2, classes=3)
+    sd[key] = torch.zeros(shape)
+    with pytest.raises(BadValueError, match=rf"{key.replace('.', '[.]')} has shape {re.escape(str(shape))}, with an "
+                                            rf"empty dimension"):
+        crate_from_official(sd, heads=2, channels=1)
 
 
 def test_bad_arguments_and_non_state_dicts_are_refused():

@@ -300,7 +300,9 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch)
     runs = runs_of(profile)
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     store = RunStore(killed)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the build runs in tmp_path: the repository goes on its path, as in the other subprocess tests
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(srrbench() + ["zoo", "--profile", str(toml), "--out", str(killed), "--workers", "1",
                                           "--quiet"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
