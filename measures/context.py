@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
+from zoo.errors import BadValueError
 from zoo.models import CRATE, VariantOutput
 
 
@@ -57,14 +58,14 @@ class MeasureOptions:
                    "shared_weights": ("per-use", "once")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"measure option {name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+                raise BadValueError(f"measure option {name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
         for name in ("n_samples", "eps_sq", "search_steps", "mc_samples", "ascent_steps", "m_sharpness",
                      "grad_noise_batch", "ece_bins",
                      "magnitude_eps", "sharpness_mag_eps", "rho", "target_drop", "search_tolerance"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"measure option {name} must be positive, got {getattr(self, name)!r}")
+                raise BadValueError(f"measure option {name} must be positive, got {getattr(self, name)!r}")
         if not 0.0 <= self.margin_quantile <= 1.0:
-            raise ValueError(f"measure option margin_quantile must be in [0, 1], got {self.margin_quantile!r}")
+            raise BadValueError(f"measure option margin_quantile must be in [0, 1], got {self.margin_quantile!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,13 +75,13 @@ class MeasureOptions:
         known = {f.name: f.default for f in fields(cls)}
         unknown = set(values) - set(known)
         if unknown:
-            raise ValueError(f"unknown measure option(s) {', '.join(sorted(unknown))}; allowed: "
+            raise BadValueError(f"unknown measure option(s) {', '.join(sorted(unknown))}; allowed: "
                              f"{', '.join(sorted(known))}")
         for name, value in values.items():  # a TOML typo such as n_samples = "64" is named, not a TypeError later
             default = known[name]
             kinds = (int, float) if isinstance(default, float) else (type(default),)
             if not isinstance(value, kinds) or (isinstance(value, bool) and not isinstance(default, bool)):
-                raise ValueError(f"measure option {name} must be {' or '.join(k.__name__ for k in kinds)}, "
+                raise BadValueError(f"measure option {name} must be {' or '.join(k.__name__ for k in kinds)}, "
                                  f"got {value!r}")
         return cls(**values)
 
