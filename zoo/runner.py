@@ -81,15 +81,20 @@ def record_missing_shift(store: RunStore, runs: list[RunConfig], data_dir: str |
 
     Cheap: one evaluation of the final checkpoint (read safely) on the shifted test set, no training."""
     current, recorded = shift_identity(), {}
-    for cfg in runs:
-        metrics = store.metrics(cfg.run_id)
-        if metrics is None or (metrics.get("shift") == current and all(c in metrics for c in SHIFT_COLUMNS)):
-            continue
-        final = load_checkpoint(store.ckpt(cfg.run_id, "final")) if metrics["status"] == "done" else None
-        fresh = {k: v for k, v in metrics.items() if k != "run_id"}
-        store.write_metrics(cfg.run_id, {**fresh, **shifted_test_metrics(cfg, final, metrics, data_dir)})
-        before = metrics.get("shift") or "none"
-        recorded[before] = recorded.get(before, 0) + 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)   # the sums of a worker evaluating a fresh run, so the same bits
+    try:
+        for cfg in runs:
+            metrics = store.metrics(cfg.run_id)
+            if metrics is None or (metrics.get("shift") == current and all(c in metrics for c in SHIFT_COLUMNS)):
+                continue
+            final = load_checkpoint(store.ckpt(cfg.run_id, "final")) if metrics["status"] == "done" else None
+            fresh = {k: v for k, v in metrics.items() if k != "run_id"}
+            store.write_metrics(cfg.run_id, {**fresh, **shifted_test_metrics(cfg, final, metrics, data_dir)})
+            before = metrics.get("shift") or "none"
+            recorded[before] = recorded.get(before, 0) + 1
+    finally:
+        torch.set_num_threads(threads)
     return recorded
 
 

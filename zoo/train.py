@@ -73,6 +73,10 @@ class TrainConfig:
             raise ValueError("train warmup_epochs, weight_decay and target_ce must be >= 0")
         if any(not isinstance(e, int) or e <= 0 for e in self.checkpoint_epochs):
             raise ValueError(f"train checkpoint_epochs must be positive epochs, got {list(self.checkpoint_epochs)}")
+        beyond = [e for e in self.checkpoint_epochs if e > self.max_epochs]
+        if beyond:   # such a checkpoint is never written, and layer-wise curves would silently lack it
+            raise ValueError(f"train checkpoint_epochs {beyond} lie beyond max_epochs = {self.max_epochs}: they would "
+                             f"never be saved")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         return self

@@ -329,6 +329,7 @@ def test_lr_in_history_follows_the_schedule(data):
     (dict(lr=0.0), "lr"), (dict(lr="0.1"), "lr"), (dict(batch_size=0), "batch_size"),
     (dict(batch_size=32.0), "batch_size"), (dict(max_epochs=True), "max_epochs"),
     (dict(label_smoothing=1.0), "label_smoothing"), (dict(target_ce=-1.0), "target_ce"),
+    (dict(max_epochs=4, checkpoint_epochs=(2, 5)), r"checkpoint_epochs \[5\] lie beyond max_epochs = 4"),
 ])
 def test_config_validation_names_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
