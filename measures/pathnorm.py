@@ -153,10 +153,11 @@ def _mssa(z: _Scaled, attn, tokens: str) -> _Scaled:
 
 def _ista(z: _Scaled, ista) -> _Scaled:
     d_sq = _sq(ista.weight)
-    eta_sq = float(ista.step) ** 2
+    eta, lambd = ista.config.ista_step, ista.config.ista_lambda
+    eta_sq = float(eta) ** 2
     # x + eta(xD - xD^T D) - eta*lambda: three path sets (identity, D, D^T D) added, the threshold a squared bias
     out = z.map(lambda v: v + eta_sq * (v @ d_sq) + eta_sq * ((v @ d_sq.T) @ d_sq))
-    return out.plus_bias(torch.tensor(float(ista.step * ista.lambd) ** 2, dtype=torch.float64))
+    return out.plus_bias(torch.tensor(float(eta * lambd) ** 2, dtype=torch.float64))
 
 
 def path_norm_forward(model: CRATE, tokens: str = "uniform", layer_norm: str = "affine") -> float:

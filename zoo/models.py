@@ -357,9 +357,6 @@ class Tokenizer(_Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.dim))
         self.pos_embedding = nn.Parameter(torch.randn(1, cfg.num_patches + 1, cfg.dim))
 
-    def patches(self, images: torch.Tensor) -> torch.Tensor:
-        return patches(images, self.config.patch_size)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return tokenize(self.config, Params.of(self), images, self.dropout())[0]
 
@@ -382,17 +379,12 @@ class VariantOutput(nn.Module):
         return repr(self.spec)
 
 
-def make_output_map(variant: str, inner: int, dim: int) -> VariantOutput:
-    return VariantOutput(variant, inner, dim)
-
-
 class MSSA(_Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.heads, self.dim_head = cfg.heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.dim, cfg.heads * cfg.head_dim, bias=False)   # weight (K*p, d) = U^T
-        self.output_map = make_output_map(cfg.variant, cfg.heads * cfg.head_dim, cfg.dim)
+        self.output_map = VariantOutput(cfg.variant, cfg.heads * cfg.head_dim, cfg.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return mssa(self.config, Params.of(self), x.unsqueeze(0), self.dropout())[0]
@@ -404,7 +396,6 @@ class ISTA(_Module):
         self.config = cfg
         self.weight = nn.Parameter(torch.empty(cfg.dim, cfg.dim))   # dictionary D
         nn.init.kaiming_uniform_(self.weight)
-        self.step, self.lambd = cfg.ista_step, cfg.ista_lambda
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ista(self.config, Params.of(self), x.unsqueeze(0))[0]

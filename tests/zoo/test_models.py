@@ -12,8 +12,8 @@ from measures.context import MeasureOptions
 from measures.pathnorm import path_norm_forward
 from zoo.data import load_dataset
 from zoo.models import (ISTA, MSSA, NEEDS_SQUARE_HEADS, OUTPUT_MAPS, VARIANTS, CRATE, MemberDropout, ModelConfig,
-                        OutputMap, build_model, count_parameters, crate_forward, ista_map, layer_norm,
-                        make_output_map, output_map, patches, softmax_last)
+                        OutputMap, VariantOutput, build_model, count_parameters, crate_forward, ista_map, layer_norm,
+                        output_map, patches, softmax_last)
 from zoo.train import TrainConfig, train_model
 
 
@@ -50,7 +50,7 @@ CASES = [(v, p) for v in VARIANTS for p in head_dims(v)]
 def test_output_map_is_its_definition(variant, dim_head):
     torch.manual_seed(0)
     mssa = MSSA(tiny(variant, dim_head=dim_head)).double()
-    inner = mssa.heads * mssa.dim_head
+    inner = mssa.config.heads * mssa.config.head_dim
     s = torch.randn(3, 5, inner, dtype=torch.float64)
     out = mssa.output_map(s, mssa.qkv.weight)
     assert out.shape == (3, 5, 8)
@@ -191,7 +191,7 @@ def test_unknown_variant_lists_allowed_names():
         CRATE(tiny("crate-x"))
     assert all(v in str(err.value) for v in VARIANTS)
     with pytest.raises(ValueError, match="allowed: " + ", ".join(VARIANTS)):
-        make_output_map("crate-x", 8, 8)
+        VariantOutput("crate-x", 8, 8)
 
 
 # --- features and subspaces -------------------------------------------------------------------------------------
@@ -250,12 +250,12 @@ def test_tokenizer_patch_order_is_crates_rearrange():
     torch.manual_seed(6)
     tok = CRATE(tiny(channels=2, patch_size=4)).tokenizer
     images = torch.randn(1, 2, 8, 8)
-    patches = tok.patches(images)
-    assert patches.shape == (1, 4, 32)
+    rows = patches(images, tok.config.patch_size)
+    assert rows.shape == (1, 4, 32)
     for i in range(2):
         for j in range(2):
             expected = [images[0, c, 4 * i + p1, 4 * j + p2] for p1 in range(4) for p2 in range(4) for c in range(2)]
-            assert torch.equal(patches[0, 2 * i + j], torch.stack(expected))
+            assert torch.equal(rows[0, 2 * i + j], torch.stack(expected))
 
 
 # --- the one forward: a member of a stack is its own model, bit for bit ----------------------------------------
@@ -283,7 +283,7 @@ def plain_forward(model: CRATE, x: torch.Tensor) -> torch.Tensor:
     was before it was written over a member axis, the oracle that stored checkpoints still give the same logits."""
     cfg = model.config
     tok = model.tokenizer
-    z = tok.embed_norm(tok.patch_embed(tok.patch_norm(tok.patches(x))))
+    z = tok.embed_norm(tok.patch_embed(tok.patch_norm(patches(x, cfg.patch_size))))
     z = torch.cat([tok.cls_token.expand(len(x), -1, -1), z], dim=1) + tok.pos_embedding
     for layer in model.layers:
         y = layer.attn_norm(z)
@@ -415,7 +415,7 @@ def test_unknown_variant_is_an_error_everywhere():
     params = stack_params([model])
     x = torch.zeros(2, 1, 8, 8)
     bad = dataclasses.replace(cfg, variant="crate-x")
-    for build in (lambda: bad.validate(), lambda: output_map("crate-x"), lambda: make_output_map("crate-x", 8, 8),
+    for build in (lambda: bad.validate(), lambda: output_map("crate-x"), lambda: VariantOutput("crate-x", 8, 8),
                   lambda: crate_forward(bad, params, x)):            # the forward never falls back to another map
         with pytest.raises(ValueError, match="unknown variant 'crate-x'; allowed: " + ", ".join(VARIANTS)):
             build()
