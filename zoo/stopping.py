@@ -9,6 +9,7 @@ metrics are those of a full evaluation every epoch, bit for bit (tested).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,19 +18,26 @@ from .models import ModelConfig, crate_forward
 
 
 @torch.no_grad()
-def evaluate_members(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.Tensor,
-                     batch_size: int) -> list[tuple[float, float]]:
-    """(mean CE, accuracy) of every member on the shared (x, y) in eval mode, summed exactly as
-    ``train.evaluate`` sums them, so a member's numbers equal ``evaluate`` of its saved weights."""
+def mean_ce_and_accuracy(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                         batch_size: int) -> list[tuple[float, float]]:
+    """(mean CE, accuracy) on (x, y) of every member of ``logits_of(batch)`` (E, b, classes), batch by batch, the CE
+    summed in float64: the one evaluation of the zoo (``train.evaluate`` is E = 1), so a member's numbers equal
+    ``evaluate`` of its saved weights."""
     loss_sum, correct = None, None
     for i in range(0, len(x), batch_size):
-        logits = crate_forward(cfg, params, x[i:i + batch_size])                     # (E, b, C)
+        logits = logits_of(x[i:i + batch_size])                                      # (E, b, C)
         yb = y[i:i + batch_size]
         losses = [F.cross_entropy(member.double(), yb, reduction="sum").item() for member in logits]
         hits = (logits.argmax(-1) == yb).sum(1).tolist()
         loss_sum = losses if loss_sum is None else [a + b for a, b in zip(loss_sum, losses)]
         correct = hits if correct is None else [a + b for a, b in zip(correct, hits)]
     return [(loss / len(x), hits / len(x)) for loss, hits in zip(loss_sum, correct)]
+
+
+def evaluate_members(cfg: ModelConfig, params: dict, x: torch.Tensor, y: torch.Tensor,
+                     batch_size: int) -> list[tuple[float, float]]:
+    """(mean CE, accuracy) of every member of the stacked ``params`` on the shared (x, y) in eval mode."""
+    return mean_ce_and_accuracy(lambda batch: crate_forward(cfg, params, batch), x, y, batch_size)
 
 
 # The full training-set CE is computed only when a bound cannot decide the stop: CE is >= 0 per image, so

@@ -36,7 +36,8 @@ from .data import Dataset
 from .errors import BadValueError
 from .models import CRATE, MemberDropout, ModelConfig, crate_forward
 from .optimizer import FlatParameters
-from .stopping import NOT_EVALUATED, decisive_ce, evaluate_members, evaluate_train_set, member_rows
+from .stopping import (NOT_EVALUATED, decisive_ce, evaluate_members, evaluate_train_set, mean_ce_and_accuracy,
+                       member_rows)
 
 STATE_FORMAT = "ensemble-1"  # tag of a run's resumable state
 
@@ -95,13 +96,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Mean cross-entropy and accuracy of ``model`` on (x, y), eval mode."""
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        loss_sum += F.cross_entropy(logits.double(), y[i:i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+    (result,) = mean_ce_and_accuracy(lambda batch: model(batch).unsqueeze(0), x, y, batch_size)
     model.train(was_training)
-    return loss_sum / len(x), correct / len(x)
+    return result
 
 
 def resolve_device(device: str | None) -> torch.device:
