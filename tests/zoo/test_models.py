@@ -12,8 +12,8 @@ from measures.context import MeasureOptions
 from measures.pathnorm import path_norm_forward
 from zoo.data import load_dataset
 from zoo.models import (ISTA, MSSA, NEEDS_SQUARE_HEADS, OUTPUT_MAPS, VARIANTS, CRATE, MemberDropout, ModelConfig,
-                        OutputMap, VariantOutput, build_model, count_parameters, crate_forward, ista_map, layer_norm,
-                        output_map, patches, softmax_last)
+                        OutputMap, VariantOutput, build_model, count_parameters, crate_forward, head_matmul, ista_map,
+                        layer_norm, output_map, patches, softmax_last)
 from zoo.train import TrainConfig, train_model
 
 
@@ -297,10 +297,11 @@ def plain_forward(model: CRATE, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_forward_equals_torchs_one_model_ops_bit_for_bit_gradients_included(variant):
+@pytest.mark.parametrize("batch", [5, 300])   # 300 images x 2 heads: attention's products go through head_matmul's
+def test_forward_equals_torchs_one_model_ops_bit_for_bit_gradients_included(variant, batch):   # own layouts
     model = perturbed_model(tiny(variant), 0).eval()
-    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(9))
-    y = torch.arange(5)
+    x = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    y = torch.arange(batch) % 10
     grads = []
     for forward in (model, lambda images: plain_forward(model, images)):
         logits = forward(x)
@@ -324,6 +325,25 @@ def test_eval_logits_of_a_stack_equal_each_models_forward(variant):
         assert torch.equal(got, torch.stack([m(xe) for m, xe in zip(models, own)]))
         # a stack of one (the zoo's group of one) too
         assert torch.equal(crate_forward(models[0].config, stack_params(models[:1]), shared)[0], models[0](shared))
+        # 3 x 100 images x 2 heads: the stack's attention goes through head_matmul's layouts, each model's not
+        many = torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(11))
+        got = crate_forward(models[0].config, stack_params(models), many)
+        assert torch.equal(got, torch.stack([m(many) for m in models]))
+
+
+@pytest.mark.parametrize("n, k, m, products", [(5, 8, 5, 3072), (5, 5, 8, 3072), (5, 4, 5, 100), (17, 8, 17, 600)])
+def test_head_matmul_is_torchs_matmul_bit_for_bit_gradients_included(n, k, m, products):
+    # the first two shapes are digits' attention products (laid out anew), the last two torch's own matmul (few
+    # products; a product above SMALL_PRODUCT); the factors are non-contiguous views, as in mssa
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(products, k, n, generator=g).transpose(1, 2).reshape(2, -1, n, k).requires_grad_()
+    b = torch.randn(2, products // 2, m, k, generator=g).transpose(-1, -2).requires_grad_()
+    upstream = torch.randn(2, products // 2, n, m, generator=g)
+    results = []
+    for product in (head_matmul, torch.matmul):
+        out = product(a, b)
+        results.append((out, *torch.autograd.grad(out, (a, b), upstream)))
+    assert all(torch.equal(x, y) for x, y in zip(*results))
 
 
 def test_features_of_a_stack_are_each_models_features():
