@@ -188,12 +188,31 @@ def _run_measures(zoo_dir: str, run_id: str, fingerprints: dict[str, str], optio
     return {"run_id": run_id, "computed": len(todo), "values": cache["values"], "notes": notes}
 
 
+def with_existing_columns(zoo_dir: Path, names: list[str], log=print) -> list[str]:
+    """The measures the zoo's measures.csv already holds, in its order, then those of ``names`` it lacks: computing
+    one more measure (``--names``) adds a column and keeps the others (served from the runs' caches where their
+    code and options are unchanged, computed again where not). A column whose measure is no longer registered is
+    dropped, with a line saying so."""
+    path = zoo_dir / "measures.csv"
+    if not path.exists():
+        return names
+    previous = [c for c in pd.read_csv(path, nrows=0).columns if c != "run_id"]
+    registered = [m.name for m in available()]
+    gone = [c for c in previous if c not in registered]
+    if gone:
+        log(f"measures: {len(gone)} column(s) of {path} belong to no registered measure and are dropped: "
+            f"{', '.join(gone)}")
+    kept = [c for c in previous if c in registered]
+    return [*kept, *(n for n in names if n not in kept)]
+
+
 def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None, workers: int = 1,
                 data_dir: str | None = None, progress: bool = True, log=print) -> pd.DataFrame:
-    """Measures of every finished run of a zoo; writes measures.csv, measures_info.csv, measures_options.json
-    and measures_errors.log in ``zoo_dir``; returns the measures table."""
+    """Measures ``names`` (and those measures.csv already holds: ``with_existing_columns``) of every finished run
+    of a zoo; writes measures.csv, measures_info.csv, measures_options.json and measures_errors.log in ``zoo_dir``;
+    returns the measures table."""
     zoo_dir = Path(zoo_dir)
-    names = resolve_names(names)
+    names = with_existing_columns(zoo_dir, resolve_names(names), log)
     fingerprints = {n: code_fingerprint(get_measure(n)) for n in names}
     options = MeasureOptions.from_dict(options or {}).as_dict()
     models = pd.read_csv(zoo_dir / "models.csv")

@@ -67,11 +67,16 @@ def test_readme_worked_example_adds_a_measure_that_gets_ranked(smoke_run, tmp_pa
     env = {"SRRBENCH_MEASURES": "readme_measure", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     commands = re.findall(r"^srrbench (measures|analyze) --zoo out/default(.*?)(?:#.*)?$", section, re.M)
     assert [c[0] for c in commands] == ["measures", "analyze"]
+    before = pd.read_csv(out / "measures.csv")
     for command, rest in commands:
         result = srrbench(command, "--zoo", str(out), *rest.split(), "--quiet", env=env)
         assert result.returncode == 0, result.stderr
-    values = pd.read_csv(out / "measures.csv")[name]
+    after = pd.read_csv(out / "measures.csv")
+    values = after[name]
     assert values.notna().all() and (values > 0).all()
+    # the new measure is one more column: every other measure keeps its values (from the runs' caches)
+    assert list(after.columns) == [*before.columns, name]
+    pd.testing.assert_frame_equal(after[before.columns], before)
     table = (out / "tables" / "kendall_width16.md").read_text()
     assert name in table
 

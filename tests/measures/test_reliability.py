@@ -95,6 +95,28 @@ def test_a_changed_code_fingerprint_recomputes_only_that_measure(zoo):
     assert "1 values computed, 11 from cache" in summary_line(zoo)
 
 
+def test_naming_a_measure_adds_its_column_and_keeps_the_others(zoo):
+    before = pd.read_csv(zoo / "measures.csv")
+
+    @register_measure("test-one", family="test", needs_data=False)
+    def one(ctx):
+        """1.0 for every model."""
+        return 1.0
+    try:
+        table, _, summary = measure(zoo, ["test-one"])
+        assert "4 values computed, 12 from cache" in summary          # the new measure only
+        assert list(table.columns) == ["run_id", *NAMES, "test-one"] and (table["test-one"] == 1.0).all()
+        pd.testing.assert_frame_equal(pd.read_csv(zoo / "measures.csv")[before.columns], before)
+    finally:
+        unregister_measure("test-one")
+    # a column whose measure is gone (an unloaded plugin) is dropped with a line naming it
+    lines = []
+    table = compute_zoo(zoo, ["l2"], options=OPTIONS, progress=False, log=lines.append)
+    assert list(table.columns) == ["run_id", *NAMES]
+    assert [line for line in lines if "dropped" in line] == [
+        f"measures: 1 column(s) of {zoo / 'measures.csv'} belong to no registered measure and are dropped: test-one"]
+
+
 # --- runs that cannot be trusted ------------------------------------------------------------------------------
 
 class WritesMarker:
@@ -203,6 +225,7 @@ def test_weight_only_measures_never_load_the_dataset(zoo, monkeypatch):
     monkeypatch.setattr(sys.modules["measures.compute"], "cached_dataset", no_data)
     for run_id in ids(zoo):
         (zoo / "runs" / run_id / "measures.json").unlink()
+    (zoo / "measures.csv").unlink()   # else its srr column is kept, and computed again as its cache is gone
     table, lines, summary = measure(zoo, ["l2", "path-norm", "ww-alpha"])
     assert "12 values computed" in summary and "0 failed" in summary, (lines, summary)
     assert np.isfinite(table[["l2", "path-norm", "ww-alpha"]].to_numpy()).all()
