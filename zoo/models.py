@@ -256,10 +256,11 @@ def head_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     depends on the layout 2-2.5x (measured: 3072 products of 5x5 by 5x8 take 1.1 ms with both factors row-major,
     0.53 ms with the second column-major) while it sums in the same order whatever the layout. Below
     ``SMALL_PRODUCT`` the factors are therefore laid out as that loop reads fastest (``_SmallMatmul``): the values
-    and gradients are those of ``a @ b`` bit for bit (tested). Above it, ``a @ b`` itself."""
+    and gradients are those of ``a @ b`` bit for bit (tested). Above it, for few products and on a GPU, ``a @ b``
+    itself."""
     *lead, n, k = a.shape
     m = b.shape[-1]
-    if n * k * m >= SMALL_PRODUCT or a.numel() < MANY_PRODUCTS * n * k:
+    if a.device.type != "cpu" or n * k * m >= SMALL_PRODUCT or a.numel() < MANY_PRODUCTS * n * k:
         return a @ b
     rows = a.reshape(-1, n, k)
     columns = b.transpose(-1, -2).reshape(-1, m, k).transpose(1, 2)
