@@ -12,7 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from zoo.errors import BadValueError
+# the error handler's names are imported here, from modules that do not import measures: a measure module that
+# fails to import must not fail a second time inside the handler that reports it
+from zoo.errors import BadValueError, UsageError
 from zoo.runner import GAPS
 
 EXIT_USAGE = 2      # the user's input is bad (one line on stderr)
@@ -188,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        from . import pipeline
-        if isinstance(err, pipeline.USER_ERRORS):
+        if isinstance(err, UsageError):
             print(f"srrbench: error: {err}", file=sys.stderr)
             return EXIT_USAGE
         # not the user's input: a bug, whatever its type (a KeyError or ValueError from our code included)
