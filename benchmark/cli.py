@@ -14,7 +14,7 @@ from pathlib import Path
 
 # the error handler's names are imported here, from modules that do not import measures: a measure module that
 # fails to import must not fail a second time inside the handler that reports it
-from zoo.errors import BadValueError, UsageError
+from zoo.errors import BadValueError, UnknownNameError, UsageError
 from zoo.runner import GAPS
 
 EXIT_USAGE = 2      # the user's input is bad (one line on stderr)
@@ -213,8 +213,11 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "list-measures":
         import measures
+        matched = [m.name for m in measures.available(args.pattern)]
+        if not matched:
+            raise UnknownNameError(f"no measure matches {args.pattern!r}; `srrbench list-measures` lists them all")
         table = measures.describe()
-        table = table[table["measure"].isin([m.name for m in measures.available(args.pattern)])]
+        table = table[table["measure"].isin(matched)]
         print(table.to_string(index=False))
         return 0
     if args.command == "zoo":
