@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(p, required=False)
     p.add_argument("--out", default=None, help="output directory (default: srrbench-out/<profile>)")
     _add_workers(p)
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address for the zoo stage (tcp://host:port)")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address for the zoo stage (tcp://host:port; "
+                                                     'needs the dask extra: pip install -e ".[dask]")')
     _add_device(p)
     _add_ensemble(p)
     p.add_argument("--gap", default=None, choices=GAPS,
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="zoo directory")
     _add_workers(p)
     p.add_argument("--scheduler", default=None,
-                   help="address of a Dask distributed scheduler; runs are sent to its workers")
+                   help="address of a Dask distributed scheduler (tcp://host:port), reached before anything "
+                        'trains; runs are sent to its workers. Needs the dask extra: pip install -e ".[dask]"')
     _add_device(p)
     _add_ensemble(p)
     _add_common(p)
@@ -159,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profiles", help="list the built-in profiles with model counts")
     _add_common(p)
     p = sub.add_parser("list-measures", help="list the registered measures")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'pacbayes*'")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'pacbayes*' (one that matches nothing is an error, exit 2)")
     _add_common(p)
     return parser
 
