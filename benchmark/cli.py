@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profiles", help="list the built-in profiles with model counts")
     _add_common(p)
     p = sub.add_parser("list-measures", help="list the registered measures")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'pacbayes*' (one that matches nothing is an error, exit 2)")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="shell-style filter, e.g. 'pacbayes*' (one that matches nothing is an error, exit 2)")
     _add_common(p)
     return parser
 
