@@ -12,7 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from zoo.errors import BadValueError
+# the error handler's names are imported here, from modules that do not import measures: a measure module that
+# fails to import must not fail a second time inside the handler that reports it
+from zoo.errors import BadValueError, UnknownNameError, UsageError
 from zoo.runner import GAPS
 
 EXIT_USAGE = 2      # the user's input is bad (one line on stderr)
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(p, required=False)
     p.add_argument("--out", default=None, help="output directory (default: srrbench-out/<profile>)")
     _add_workers(p)
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address for the zoo stage (tcp://host:port)")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address for the zoo stage (tcp://host:port; "
+                                                     'needs the dask extra: pip install -e ".[dask]")')
     _add_device(p)
     _add_ensemble(p)
     p.add_argument("--gap", default=None, choices=GAPS,
@@ -85,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="zoo directory")
     _add_workers(p)
     p.add_argument("--scheduler", default=None,
-                   help="address of a Dask distributed scheduler; runs are sent to its workers")
+                   help="address of a Dask distributed scheduler (tcp://host:port), reached before anything "
+                        'trains; runs are sent to its workers. Needs the dask extra: pip install -e ".[dask]"')
     _add_device(p)
     _add_ensemble(p)
     _add_common(p)
@@ -158,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profiles", help="list the built-in profiles with model counts")
     _add_common(p)
     p = sub.add_parser("list-measures", help="list the registered measures")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'pacbayes*'")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="shell-style filter, e.g. 'pacbayes*' (one that matches nothing is an error, exit 2)")
     _add_common(p)
     return parser
 
@@ -189,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        from . import pipeline
-        if isinstance(err, pipeline.USER_ERRORS):
+        if isinstance(err, UsageError):
             print(f"srrbench: error: {err}", file=sys.stderr)
             return EXIT_USAGE
         # not the user's input: a bug, whatever its type (a KeyError or ValueError from our code included)
@@ -213,8 +217,11 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "list-measures":
         import measures
+        matched = [m.name for m in measures.available(args.pattern)]
+        if not matched:
+            raise UnknownNameError(f"no measure matches {args.pattern!r}; `srrbench list-measures` lists them all")
         table = measures.describe()
-        table = table[table["measure"].isin([m.name for m in measures.available(args.pattern)])]
+        table = table[table["measure"].isin(matched)]
         print(table.to_string(index=False))
         return 0
     if args.command == "zoo":

@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo import BadValueError, MissingInputError, ModelConfig, UsageError, build_zoo
+from zoo import BadValueError, MissingInputError, ModelConfig, build_zoo
 from zoo.runner import ENSEMBLE_SIZE, cached_dataset, dataset_shape
 
 from .profiles import AnalysisSettings, Profile, builtin_profiles, resolve_profile
-
-# Errors that mean the user's input is bad (ProfileError among them): the CLI reports them in one line with exit
-# code 2. Everything else is a bug.
-USER_ERRORS = (UsageError,)
 
 
 def profiles_table() -> pd.DataFrame:

@@ -27,3 +27,16 @@ class UnknownNameError(UsageError, KeyError):
 
     def __str__(self) -> str:  # KeyError's str() is the repr of its argument; the message reads better plain
         return str(self.args[0]) if self.args else ""
+
+
+class SchedulerError(UsageError, ConnectionError):
+    """A Dask scheduler address (``--scheduler``) that cannot be reached or where something else answers."""
+
+
+class MissingExtraError(UsageError, ImportError):
+    """An option needs an optional dependency that is not installed; the message names the extra to install."""
+
+
+class UserModuleError(UsageError, ImportError):
+    """A module of the user's (a measure module, a model's factory module) that is not found or raises while
+    importing; the message names the module, where it was named and the original error."""

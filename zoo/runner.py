@@ -28,7 +28,7 @@ import torch
 from .allocator import keep_freed_memory
 from .data import load_dataset
 from .config import DataConfig, RunConfig, ensemble_key
-from .errors import BadValueError, MissingInputError
+from .errors import BadValueError, MissingExtraError, MissingInputError, SchedulerError
 from .models import CRATE
 from .shift import shift_identity, shift_images
 from .store import RunStore, StoreError, atomic_write_text, load_checkpoint, lock_lease, save_checkpoint
@@ -332,13 +332,43 @@ def plan_groups(runs: list[RunConfig], max_size: int, workers: int = 1) -> list[
         sizes[biggest] = -(-min(sizes[biggest], len(by_key[biggest])) // 2)
 
 
+# seconds to reach a Dask scheduler before --scheduler is reported as unreachable (dask's own default connect timeout)
+SCHEDULER_TIMEOUT = 30
+
+
+def connect_scheduler(address: str, timeout: float):
+    """A ``dask.distributed.Client`` connected to ``address``, or a ``UsageError`` naming the address: dask not
+    installed (``MissingExtraError``), a malformed address, nothing answering within ``timeout`` seconds, or
+    something answering that is not a Dask scheduler (``SchedulerError``)."""
+    try:
+        from dask.distributed import Client  # an optional dependency: imported only when --scheduler is given
+    except ImportError as err:
+        raise MissingExtraError(f"--scheduler {address} needs dask.distributed, which is not installed ({err}); "
+                                f'install the extra: pip install -e ".[dask]"') from None
+    try:
+        return Client(address, timeout=timeout)
+    except ValueError as err:
+        raise SchedulerError(f"--scheduler {address}: not a Dask scheduler address ({err}); give tcp://host:port") \
+            from err
+    except OSError as err:  # refused, unknown host, timed out: dask reports each as an OSError after `timeout`
+        raise SchedulerError(f"--scheduler {address}: no Dask scheduler answered within {timeout:g} s ({err}); check "
+                             f"that a scheduler runs there (`dask scheduler`), the host and port, and that this "
+                             f"machine can reach it") from err
+    except Exception as err:  # another service answered and dask read its reply as a frame (HTTP -> MemoryError)
+        raise SchedulerError(f"--scheduler {address}: something answered that is not a Dask scheduler "
+                             f"({err.__class__.__name__}: {err}); check the port (a Dask scheduler listens on 8786 "
+                             f"unless told otherwise)") from err
+
+
 def _execute(groups: list[list[RunConfig]], out: Path, *, workers: int, scheduler: str | None,
              data_dir: str | None, progress: bool, device: str | None, log=print):
     from tqdm.auto import tqdm
+    # connect before training anything, and before the bar exists, so a bad address ends in one line
+    client = connect_scheduler(scheduler, SCHEDULER_TIMEOUT) if scheduler else None
     bar = tqdm(total=sum(map(len, groups)), desc="zoo", unit="run", disable=not progress or not groups)
-    if scheduler:
-        from dask.distributed import Client, as_completed
-        with Client(scheduler) as client:
+    if client is not None:
+        from dask.distributed import as_completed
+        with client:
             futures = client.map(train_group, groups, root=str(out), data_dir=data_dir, device=device, pure=False)
             for future in as_completed(futures):
                 results = future.result()

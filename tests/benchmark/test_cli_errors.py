@@ -3,9 +3,11 @@ and what is allowed, with exit code 2 and no traceback; --debug shows the traceb
 before a profile's error is found.
 """
 import os
+import socket
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -309,3 +311,62 @@ def test_ranking_against_a_gap_the_zoo_did_not_record(tmp_path, capsys):
     (tmp_path / "measures.csv").write_text("run_id,l2\nr1,1.0\n")
     code, _, err = run_cli(capsys, "analyze", "--zoo", str(tmp_path), "--gap", "gap_shift", "--quiet")
     assert_one_line_error(code, err, [str(tmp_path / "models.csv"), "has no gap_shift column", "srrbench zoo"])
+
+
+# --- --scheduler ----------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_nothing_trained(out: Path):
+    assert not list(out.rglob("metrics.json")) and not list(out.rglob("*.pt"))
+
+
+def test_a_scheduler_nobody_listens_on_is_bad_input_found_before_training(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
+    monkeypatch.setattr("zoo.runner.SCHEDULER_TIMEOUT", 1)              # dask's default is 30 s
+    address = f"tcp://127.0.0.1:{free_port()}"
+    code, _, err = run_cli(capsys, "zoo", "--profile", "smoke", "--out", str(tmp_path), "--scheduler", address,
+                           "--quiet")
+    assert_one_line_error(code, err, [f"--scheduler {address}: no Dask scheduler answered within 1 s",
+                                      "dask scheduler", "host and port"])
+    assert_nothing_trained(tmp_path)
+
+
+def test_a_scheduler_address_where_another_service_answers(monkeypatch, tmp_path, capsys):
+    """dask reads an HTTP reply's bytes as a frame length (a MemoryError of exbibytes): still the address's fault."""
+    pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
+    monkeypatch.setattr("zoo.runner.SCHEDULER_TIMEOUT", 5)
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer_http():
+        with server:
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    threading.Thread(target=answer_http, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    code, _, err = run_cli(capsys, "zoo", "--profile", "smoke", "--out", str(tmp_path), "--scheduler", address,
+                           "--quiet")
+    assert_one_line_error(code, err, [f"--scheduler {address}: something answered that is not a Dask scheduler",
+                                      "8786"])
+    assert_nothing_trained(tmp_path)
+
+
+def test_a_malformed_scheduler_address(tmp_path, capsys):
+    pytest.importorskip("dask.distributed", reason="dask[distributed] is not installed")
+    code, _, err = run_cli(capsys, "zoo", "--profile", "smoke", "--out", str(tmp_path), "--scheduler", "10.0.0.5",
+                           "--quiet")
+    assert_one_line_error(code, err, ["--scheduler 10.0.0.5: not a Dask scheduler address", "tcp://host:port"])
+
+
+def test_scheduler_without_dask_installed_names_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)          # `import dask.distributed` fails
+    code, _, err = run_cli(capsys, "run", "--profile", "smoke", "--out", str(tmp_path), "--scheduler",
+                           "tcp://10.0.0.5:8786", "--quiet")
+    assert_one_line_error(code, err, ["--scheduler tcp://10.0.0.5:8786 needs dask.distributed",
+                                      'pip install -e ".[dask]"'])
+    assert_nothing_trained(tmp_path)
