@@ -13,10 +13,6 @@ measuring are shared.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -25,36 +21,11 @@ from torch import nn
 
 import measures
 from measures.model_api import state_dict_mismatch
+from measures.user_module import import_user_module
 from zoo.data import load_dataset
 from zoo.errors import BadValueError, MissingInputError
 from zoo.official import load_official_checkpoint
 from zoo.store import atomic_write_text, load_foreign_checkpoint
-
-
-def import_module(name: str):
-    """The module ``name``: a ``.py`` file (a path) or a dotted name on the Python path.
-
-    As ``python`` itself would, the working directory (for a dotted name) or the file's directory (for a file) is
-    searched too, so the user's module can import its sibling modules; appended, so it never shadows a library.
-    """
-    path = Path(name).expanduser() if name.endswith(".py") or "/" in name or "\\" in name else None
-    if path is not None and not path.is_file():
-        raise MissingInputError(f"--model: no Python file {path}")
-    home = os.getcwd() if path is None else str(path.resolve().parent)
-    if home not in sys.path:
-        sys.path.append(home)
-    module_name = name if path is None else f"srrbench_model_{path.stem}"
-    try:
-        if path is None:
-            return importlib.import_module(name)
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses and pickling look a class's module up here
-        spec.loader.exec_module(module)
-        return module
-    except Exception as err:  # the user's module failing to import is bad input, whatever it raises
-        sys.modules.pop(module_name, None)
-        raise BadValueError(f"--model: cannot import {name}: {err.__class__.__name__}: {err}") from None
 
 
 def model_from_factory(spec: str) -> nn.Module:
@@ -63,7 +34,7 @@ def model_from_factory(spec: str) -> nn.Module:
     if not sep or not module_name or not factory_name:
         raise BadValueError(f"--model must be MODULE:FACTORY (a dotted module or path/to/file.py, a colon, then a "
                             f"callable returning the nn.Module), got {spec!r}")
-    module = import_module(module_name)
+    module = import_user_module(module_name, "--model", file_module=f"srrbench_model_{Path(module_name).stem}")
     if not hasattr(module, factory_name):
         public = sorted(n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n)))
         raise BadValueError(f"--model: {module_name} has no {factory_name!r}; its callables: {', '.join(public)}")

@@ -19,14 +19,15 @@ def is_file_name(name: str) -> bool:
     return name.endswith(".py") or "/" in name or "\\" in name
 
 
-def import_user_module(name: str, source: str) -> types.ModuleType:
+def import_user_module(name: str, source: str, file_module: str | None = None) -> types.ModuleType:
     """The module ``name``: a path to a ``.py`` file, or a dotted name on the Python path; ``source`` (the option or
     environment variable that named it) begins every error message.
 
     As ``python`` itself would, the working directory (for a dotted name) or the file's directory (for a file) is
     searched too, so that a module in the current directory is found without PYTHONPATH=. and a module can import
     its siblings; appended to ``sys.path``, so it never shadows a library. A file is imported under its stem, so
-    ``my_ext.py`` and ``my_ext`` are one module (and one code fingerprint for the measures cache).
+    ``my_ext.py`` and ``my_ext`` are one module (and one code fingerprint for the measures cache), or under
+    ``file_module`` when given: a name of the caller's own, which a file imported later replaces.
     """
     path = Path(name).expanduser().resolve() if is_file_name(name) else None
     if path is not None and not path.is_file():
@@ -37,9 +38,9 @@ def import_user_module(name: str, source: str) -> types.ModuleType:
     if path is None:
         module_name = name
     else:
-        module_name = path.stem
+        module_name = file_module or path.stem
         loaded = sys.modules.get(module_name)
-        if loaded is not None:
+        if loaded is not None and file_module is None:
             if getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
                 return loaded
             raise UserModuleError(f"{source}: cannot import {name} as module {module_name!r}: that name is already "
