@@ -130,8 +130,8 @@ def perf_ensemble_training(quick: bool) -> list[dict]:
     runs = profile.runs(*dataset_shape(profile.data, None))
     data = cached_dataset(profile.data, None)
     epochs = 1 if quick else 3
-    # fixed epochs, no CE target and no extra checkpoints (the profile's lie beyond these few epochs): the same work
-    # for both loops
+    # fixed epochs, no CE target and no extra checkpoints (the profile's checkpoint epochs lie beyond these few): the
+    # same work for both loops
     warm = replace(runs[0].train, max_epochs=1, target_ce=0.0, checkpoint_epochs=())   # first-call costs go here
     train_plain(init_model(runs[0]), data, warm)
     train_ensemble([init_model(runs[0])], ["warm-up"], [warm], data)

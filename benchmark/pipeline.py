@@ -69,9 +69,9 @@ def measures_stage(zoo_dir: Path, names=None, workers: int = 1, data_dir: str | 
     resolve_names(names)   # an unknown name is the user's error (UnknownNameError) before any work
     require_files(zoo_dir, {"models.csv": f"build the zoo first (srrbench zoo --out {zoo_dir})"})
     profile_names, settings = measure_settings(_profile_of(zoo_dir))
-    names = names or profile_names
-    table = compute_zoo(zoo_dir, names, options=settings, workers=workers, data_dir=data_dir, progress=progress,
-                        log=log)
+    # measures named on the command line are added to the table; without names it is the profile's list
+    table = compute_zoo(zoo_dir, names or profile_names, options=settings, workers=workers, data_dir=data_dir,
+                        progress=progress, keep_existing=names is not None, log=log)
     layerwise_zoo(zoo_dir, options=settings, data_dir=data_dir, progress=progress, log=log)
     return table
 

@@ -189,14 +189,18 @@ def _run_measures(zoo_dir: str, run_id: str, fingerprints: dict[str, str], optio
 
 
 def with_existing_columns(zoo_dir: Path, names: list[str], log=print) -> list[str]:
-    """The measures the zoo's measures.csv already holds, in its order, then those of ``names`` it lacks: computing
-    one more measure (``--names``) adds a column and keeps the others (served from the runs' caches where their
-    code and options are unchanged, computed again where not). A column whose measure is no longer registered is
-    dropped, with a line saying so."""
+    """The measures the zoo's measures.csv already holds, in its order, then those of ``names`` it lacks, so that
+    computing one more measure adds a column and keeps the others (served from the runs' caches where their code and
+    options are unchanged, computed again where not). A column whose measure is no longer registered is dropped,
+    and an unreadable measures.csv ignored, each with a line saying so."""
     path = zoo_dir / "measures.csv"
     if not path.exists():
         return names
-    previous = [c for c in pd.read_csv(path, nrows=0).columns if c != "run_id"]
+    try:
+        previous = [c for c in pd.read_csv(path, nrows=0).columns if c != "run_id"]
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        log(f"measures: {path} is unreadable ({err}); it is written afresh with {len(names)} measure(s)")
+        return names
     registered = [m.name for m in available()]
     gone = [c for c in previous if c not in registered]
     if gone:
@@ -207,12 +211,15 @@ def with_existing_columns(zoo_dir: Path, names: list[str], log=print) -> list[st
 
 
 def compute_zoo(zoo_dir: str | Path, names=None, *, options: dict | None = None, workers: int = 1,
-                data_dir: str | None = None, progress: bool = True, log=print) -> pd.DataFrame:
-    """Measures ``names`` (and those measures.csv already holds: ``with_existing_columns``) of every finished run
-    of a zoo; writes measures.csv, measures_info.csv, measures_options.json and measures_errors.log in ``zoo_dir``;
-    returns the measures table."""
+                data_dir: str | None = None, progress: bool = True, keep_existing: bool = False,
+                log=print) -> pd.DataFrame:
+    """Measures ``names`` of every finished run of a zoo (with ``keep_existing``, also those its measures.csv
+    already holds: ``with_existing_columns``); writes measures.csv, measures_info.csv, measures_options.json and
+    measures_errors.log in ``zoo_dir``; returns the measures table."""
     zoo_dir = Path(zoo_dir)
-    names = with_existing_columns(zoo_dir, resolve_names(names), log)
+    names = resolve_names(names)
+    if keep_existing:
+        names = with_existing_columns(zoo_dir, names, log)
     fingerprints = {n: code_fingerprint(get_measure(n)) for n in names}
     options = MeasureOptions.from_dict(options or {}).as_dict()
     models = pd.read_csv(zoo_dir / "models.csv")

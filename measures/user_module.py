@@ -15,7 +15,8 @@ from pathlib import Path
 from zoo.errors import MissingInputError, UserModuleError
 
 
-def is_file_name(name: str) -> bool:
+def _is_file_name(name: str) -> bool:
+    """A path to a file (``my_ext.py``, ``dir/my_ext``), not a dotted module name."""
     return name.endswith(".py") or "/" in name or "\\" in name
 
 
@@ -29,7 +30,7 @@ def import_user_module(name: str, source: str, file_module: str | None = None) -
     ``my_ext.py`` and ``my_ext`` are one module (and one code fingerprint for the measures cache), or under
     ``file_module`` when given: a name of the caller's own, which a file imported later replaces.
     """
-    path = Path(name).expanduser().resolve() if is_file_name(name) else None
+    path = Path(name).expanduser().resolve() if _is_file_name(name) else None
     if path is not None and not path.is_file():
         raise MissingInputError(f"{source}: no Python file {name} (looked for {path})")
     home = os.getcwd() if path is None else str(path.parent)
@@ -57,7 +58,7 @@ def import_user_module(name: str, source: str, file_module: str | None = None) -
         if path is not None:
             sys.modules.pop(module_name, None)
         hint = ""
-        if isinstance(err, ModuleNotFoundError) and err.name and name.startswith(err.name):
+        if isinstance(err, ModuleNotFoundError) and err.name and (err.name == name or name.startswith(err.name + ".")):
             hint = (f"; give a module on the Python path or in the current directory ({os.getcwd()}), or a path to "
                     f"a .py file")
         raise UserModuleError(f"{source}: cannot import {name}: {err.__class__.__name__}: {err}{hint}") from err

@@ -354,7 +354,7 @@ def connect_scheduler(address: str, timeout: float):
         raise SchedulerError(f"--scheduler {address}: no Dask scheduler answered within {timeout:g} s ({err}); check "
                              f"that a scheduler runs there (`dask scheduler`), the host and port, and that this "
                              f"machine can reach it") from err
-    except Exception as err:  # another service answered and dask read its reply as a frame (HTTP -> MemoryError)
+    except MemoryError as err:  # another service answered and dask read its reply as a frame length (HTTP)
         raise SchedulerError(f"--scheduler {address}: something answered that is not a Dask scheduler "
                              f"({err.__class__.__name__}: {err}); check the port (a Dask scheduler listens on 8786 "
                              f"unless told otherwise)") from err

@@ -95,7 +95,7 @@ def test_a_changed_code_fingerprint_recomputes_only_that_measure(zoo):
     assert "1 values computed, 11 from cache" in summary_line(zoo)
 
 
-def test_naming_a_measure_adds_its_column_and_keeps_the_others(zoo):
+def test_keep_existing_adds_the_named_measures_and_keeps_the_other_columns(zoo):
     before = pd.read_csv(zoo / "measures.csv")
 
     @register_measure("test-one", family="test", needs_data=False)
@@ -103,18 +103,30 @@ def test_naming_a_measure_adds_its_column_and_keeps_the_others(zoo):
         """1.0 for every model."""
         return 1.0
     try:
-        table, _, summary = measure(zoo, ["test-one"])
-        assert "4 values computed, 12 from cache" in summary          # the new measure only
+        lines = []
+        table = compute_zoo(zoo, ["test-one"], options=OPTIONS, progress=False, keep_existing=True,
+                            log=lines.append)
+        assert "4 values computed, 12 from cache" in lines[-1]          # the new measure only
         assert list(table.columns) == ["run_id", *NAMES, "test-one"] and (table["test-one"] == 1.0).all()
         pd.testing.assert_frame_equal(pd.read_csv(zoo / "measures.csv")[before.columns], before)
+        # without keep_existing the table is what was asked for (a profile's list, a library call)
+        assert list(measure(zoo, ["l2"])[0].columns) == ["run_id", "l2"]
     finally:
         unregister_measure("test-one")
-    # a column whose measure is gone (an unloaded plugin) is dropped with a line naming it
+
+
+def test_keep_existing_drops_unregistered_columns_and_ignores_an_unreadable_table(zoo):
+    table = pd.read_csv(zoo / "measures.csv")
+    table.assign(**{"gone-plugin": 1.0}).to_csv(zoo / "measures.csv", index=False)
     lines = []
-    table = compute_zoo(zoo, ["l2"], options=OPTIONS, progress=False, log=lines.append)
+    table = compute_zoo(zoo, ["l2"], options=OPTIONS, progress=False, keep_existing=True, log=lines.append)
     assert list(table.columns) == ["run_id", *NAMES]
-    assert [line for line in lines if "dropped" in line] == [
-        f"measures: 1 column(s) of {zoo / 'measures.csv'} belong to no registered measure and are dropped: test-one"]
+    assert lines[0] == (f"measures: 1 column(s) of {zoo / 'measures.csv'} belong to no registered measure and are "
+                        f"dropped: gone-plugin")
+    (zoo / "measures.csv").write_text("")
+    lines = []
+    table = compute_zoo(zoo, ["l2"], options=OPTIONS, progress=False, keep_existing=True, log=lines.append)
+    assert list(table.columns) == ["run_id", "l2"] and "unreadable" in lines[0]
 
 
 # --- runs that cannot be trusted ------------------------------------------------------------------------------
@@ -225,7 +237,6 @@ def test_weight_only_measures_never_load_the_dataset(zoo, monkeypatch):
     monkeypatch.setattr(sys.modules["measures.compute"], "cached_dataset", no_data)
     for run_id in ids(zoo):
         (zoo / "runs" / run_id / "measures.json").unlink()
-    (zoo / "measures.csv").unlink()   # else its srr column is kept, and computed again as its cache is gone
     table, lines, summary = measure(zoo, ["l2", "path-norm", "ww-alpha"])
     assert "12 values computed" in summary and "0 failed" in summary, (lines, summary)
     assert np.isfinite(table[["l2", "path-norm", "ww-alpha"]].to_numpy()).all()

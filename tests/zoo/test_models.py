@@ -10,6 +10,7 @@ from benchmark.reference import make_optimizer
 from measures.compute import evaluate_measures, make_context
 from measures.context import MeasureOptions
 from measures.pathnorm import path_norm_forward
+import zoo.models
 from zoo.data import load_dataset
 from zoo.models import (ISTA, MSSA, NEEDS_SQUARE_HEADS, OUTPUT_MAPS, VARIANTS, CRATE, MemberDropout, ModelConfig,
                         OutputMap, VariantOutput, build_model, count_parameters, crate_forward, head_matmul, ista_map,
@@ -331,8 +332,9 @@ def test_eval_logits_of_a_stack_equal_each_models_forward(variant):
         assert torch.equal(got, torch.stack([m(many) for m in models]))
 
 
-@pytest.mark.parametrize("n, k, m, products", [(5, 8, 5, 3072), (5, 5, 8, 3072), (5, 4, 5, 100), (17, 8, 17, 600)])
-def test_head_matmul_is_torchs_matmul_bit_for_bit_gradients_included(n, k, m, products):
+@pytest.mark.parametrize("n, k, m, products, own_layouts", [(5, 8, 5, 3072, True), (5, 5, 8, 3072, True),
+                                                            (5, 4, 5, 100, False), (17, 8, 17, 600, False)])
+def test_head_matmul_is_torchs_matmul_bit_for_bit_gradients_included(n, k, m, products, own_layouts):
     # the first two shapes are digits' attention products (laid out anew), the last two torch's own matmul (few
     # products; a product above SMALL_PRODUCT); the factors are non-contiguous views, as in mssa
     g = torch.Generator().manual_seed(0)
@@ -343,7 +345,23 @@ def test_head_matmul_is_torchs_matmul_bit_for_bit_gradients_included(n, k, m, pr
     for product in (head_matmul, torch.matmul):
         out = product(a, b)
         results.append((out, *torch.autograd.grad(out, (a, b), upstream)))
+        if product is head_matmul:   # the path taken is the one this case is about
+            nodes = [type(f).__name__ for f, _ in out.grad_fn.next_functions]
+            assert ("_SmallMatmulBackward" in nodes) == own_layouts, nodes
     assert all(torch.equal(x, y) for x, y in zip(*results))
+
+
+def test_head_matmul_under_vmap_equals_torchs_matmul_under_vmap(monkeypatch):
+    # measures may take a model through torch.func: the custom Function's vmap rule must give torch's values
+    model = perturbed_model(tiny("crate-c"), 0).eval()
+    x = torch.randn(300, 1, 8, 8, generator=torch.Generator().manual_seed(3))   # 600 products per member
+    stacked = {n: torch.stack([p.detach(), 2 * p.detach()]) for n, p in model.named_parameters()}
+
+    def forward(p):
+        return torch.func.functional_call(model, p, (x,))
+    got = torch.func.vmap(forward)(stacked)
+    monkeypatch.setattr(zoo.models, "SMALL_PRODUCT", 0)        # every product through torch's matmul
+    assert torch.equal(got, torch.func.vmap(forward)(stacked))
 
 
 def test_features_of_a_stack_are_each_models_features():
