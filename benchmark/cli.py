@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure names or patterns such as 'sharp*' (default: the profile's list, else all). With "
                         "--zoo, these are added to the measures the zoo's measures.csv already holds (its other "
                         "columns stay; a run's cached values serve them, recomputed where their code or options "
-                        "changed); without --names the table is the profile's list. With --checkpoint, a measure the model cannot serve is left out (and "
-                        "listed) when a pattern picked it, an error when named exactly")
+                        "changed); without --names the table is the profile's list. With --checkpoint, a measure "
+                        "the model cannot serve is left out (and listed) when a pattern picked it, an error when "
+                        "named exactly")
     _add_workers(p)
     p.add_argument("--data-dir", default=None, help="directory holding the dataset files, if not digits")
     _add_common(p)

@@ -1,4 +1,4 @@
-"""Import a module of the user's by dotted name or by path to a ``.py`` file (``SRRBENCH_MEASURES`` entries).
+"""Import a module of the user's by dotted name or by path to a ``.py`` file (``SRRBENCH_MEASURES``, ``--model``).
 
 A module that is not found or raises while importing is bad input, whatever it raises: a ``UsageError`` naming the
 module, the option or environment variable that named it, and the original error's type and message.
@@ -44,8 +44,9 @@ def import_user_module(name: str, source: str, file_module: str | None = None) -
         if loaded is not None and file_module is None:
             if getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
                 return loaded
+            taken_by = getattr(loaded, "__file__", None) or "a built-in module"
             raise UserModuleError(f"{source}: cannot import {name} as module {module_name!r}: that name is already "
-                                  f"taken by {getattr(loaded, '__file__', None) or 'a built-in module'}; rename the file")
+                                  f"taken by {taken_by}; rename the file")
     try:
         if path is None:
             return importlib.import_module(name)
@@ -58,7 +59,8 @@ def import_user_module(name: str, source: str, file_module: str | None = None) -
         if path is not None:
             sys.modules.pop(module_name, None)
         hint = ""
-        if isinstance(err, ModuleNotFoundError) and err.name and (err.name == name or name.startswith(err.name + ".")):
+        not_found = isinstance(err, ModuleNotFoundError) and err.name is not None
+        if not_found and (err.name == name or name.startswith(err.name + ".")):  # the module itself, not one it imports
             hint = (f"; give a module on the Python path or in the current directory ({os.getcwd()}), or a path to "
                     f"a .py file")
         raise UserModuleError(f"{source}: cannot import {name}: {err.__class__.__name__}: {err}{hint}") from err
