@@ -76,8 +76,8 @@ def modes_for(depth: int) -> list[Mode]:
 
 
 def split_data(cfg: RegularizeConfig, data_dir: str | None = None):
-    """(fit, val, test) as (x, y) pairs: val is a stratified carve-out of digits' training subset; and the loaded
-    dataset (its shape and normalisation)."""
+    """(fit, val, test) as (x, y) pairs, normalised as ``load_dataset`` gives them: val is a stratified carve-out
+    of digits' training subset."""
     from sklearn.model_selection import train_test_split
     data = load_dataset("digits", data_dir=data_dir, n_train=cfg.n_train, seed=cfg.split_seed)
     idx = np.arange(len(data.y_train))
@@ -128,7 +128,8 @@ def train_regularized(variant: str, cfg: RegularizeConfig, mode: Mode, beta: flo
 
 
 def fit_data(fit: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.Tensor, torch.Tensor], classes: int):
-    """A ``Dataset`` of the fit split (already normalised) and a held-out split, for the training loop."""
+    """A ``Dataset`` of the fit split (already normalised) and a held-out split, for the training loop; its
+    ``mean``/``std`` are the identity because the loop never reads them (the images are normalised already)."""
     x, y = fit
     return Dataset(name="digits-fit", x_train=x, y_train=y, x_test=held_out[0], y_test=held_out[1],
                    num_classes=classes, channels=x.shape[1], image_size=x.shape[-1], mean=(0.0,), std=(1.0,))
